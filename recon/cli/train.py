@@ -1,0 +1,42 @@
+"""``recon-train``: train a scene on photos, a video, a posed dataset, or the built-in demo."""
+
+from __future__ import annotations
+
+import tyro
+from rich.console import Console
+
+from recon.cli.common import run_cli
+from recon.config import TrainConfig
+
+
+def main(cfg: TrainConfig | None = None) -> int:
+    from recon.training.trainer import Trainer
+
+    cfg = cfg if cfg is not None else tyro.cli(TrainConfig)
+    console = Console(stderr=True)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    resumed = trainer.step > 0
+    console.print(
+        f"[bold]recon[/] {cfg.method} on [cyan]{cfg.data}[/] -> {trainer.run_dir} "
+        f"({len(trainer.data.train_views)} train / {len(trainer.data.test_views)} test views, "
+        f"downscale {trainer.data.downscale}, {trainer.device}"
+        + (f", resuming at step {trainer.step}" if resumed else "") + ")",
+        highlight=False,
+    )
+    summary = trainer.train()
+    ev = summary["eval"]
+    line = f"done: {summary['num_primitives']:,} primitives, {summary['train_seconds']:.1f} s training"
+    if ev:
+        line += f", held-out PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}"
+    console.print(line, highlight=False)
+    console.print(f"run folder: {summary['run_dir']}  (PLY: {summary['ply']})", highlight=False)
+    return 0
+
+
+def entrypoint() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,322 @@
+"""The standard 3DGS PLY: writer and a self-contained reader (no plyfile).
+
+Layout written (binary little-endian, one ``vertex`` element, every property ``float``), in this order:
+
+    x y z  nx ny nz  f_dc_0..2  f_rest_0..f_rest_{3(K-1)-1}  opacity  scale_0..2  rot_0..3
+
+- ``x y z``: Gaussian centres in the world frame *as trained* (OpenCV/COLMAP convention: cameras look
+  down +z with +y down; nothing is converted on export). The header carries a comment saying so.
+- ``nx ny nz``: zeros (kept because every 3DGS viewer expects them).
+- ``f_dc_*``: the degree-0 SH coefficient per channel (R, G, B).
+- ``f_rest_*``: the higher SH bands, **channel-major** (all K-1 coefficients of R, then of G, then of B),
+  i.e. ``f_rest_{c*(K-1)+k} = shN[:, k, c]``; K = (degree+1)^2, so 45 properties at degree 3, 24 at 2,
+  9 at 1, none at 0. The reader infers the degree from their number.
+- ``opacity``: the logit (pre-sigmoid) opacity; ``scale_*``: log scales; ``rot_*``: the quaternion
+  (w, x, y, z), not necessarily normalised.
+
+The reader accepts ``binary_little_endian``, ``binary_big_endian`` and ``ascii`` files with scalar
+properties of any standard PLY type (char/uchar/short/ushort/int/uint/float/double and their
+``int8``/``float32``… aliases). Extra properties and extra elements are ignored. Anything wrong with a
+file raises :class:`recon.errors.InputError` naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from recon.errors import InputError
+from recon.utils.atomic import atomic_path
+
+COORDINATE_COMMENT = (
+    "coordinates: OpenCV/COLMAP world frame as trained (camera x right, y down, z forward); "
+    "SH in the 3DGS layout (f_rest channel-major)"
+)
+
+# PLY scalar type names -> numpy dtype (without byte order).
+_PLY_TYPES: dict[str, str] = {
+    "char": "i1", "int8": "i1",
+    "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2",
+    "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4",
+    "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4",
+    "double": "f8", "float64": "f8",
+}
+
+_MAX_HEADER_BYTES = 1 << 20
+
+
+def num_rest_coeffs(sh_degree: int) -> int:
+    """Number of SH coefficients per channel above degree 0: (degree+1)^2 - 1."""
+    return (sh_degree + 1) ** 2 - 1
+
+
+def ply_property_names(sh_degree: int) -> list[str]:
+    """The exact 3DGS property order for a given SH degree (0..3, or higher)."""
+    n_rest = 3 * num_rest_coeffs(sh_degree)
+    return (
+        ["x", "y", "z", "nx", "ny", "nz"]
+        + [f"f_dc_{i}" for i in range(3)]
+        + [f"f_rest_{i}" for i in range(n_rest)]
+        + ["opacity"]
+        + [f"scale_{i}" for i in range(3)]
+        + [f"rot_{i}" for i in range(4)]
+    )
+
+
+def _as_numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().to("cpu")
+        if t.dtype != torch.float32:
+            t = t.float()
+        return t.numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+def write_ply(path: str | Path, params: Mapping[str, torch.Tensor | np.ndarray], *, comments: tuple[str, ...] = ()) -> None:
+    """Write Gaussians in the 3DGS PLY layout, atomically.
+
+    ``params`` holds raw (pre-activation) tensors named as in :class:`recon.scenes.GaussianScene`:
+    ``means [N,3]``, ``quats [N,4]`` (wxyz), ``scales [N,3]`` (log), ``opacities [N]`` (logit),
+    ``sh0 [N,1,3]``, ``shN [N,K-1,3]`` (optional; missing or K-1 = 0 means degree 0).
+    Values are stored as float32; float32 inputs round-trip bit-exactly through :func:`read_ply`."""
+    means = _as_numpy(params["means"]).reshape(-1, 3)
+    n = means.shape[0]
+    quats = _as_numpy(params["quats"]).reshape(n, 4)
+    scales = _as_numpy(params["scales"]).reshape(n, 3)
+    opacities = _as_numpy(params["opacities"]).reshape(n)
+    sh0 = _as_numpy(params["sh0"]).reshape(n, 3)
+    shN = params.get("shN")
+    shN = np.zeros((n, 0, 3), np.float32) if shN is None else _as_numpy(shN)
+    if shN.ndim != 3 or shN.shape[0] != n or shN.shape[2] != 3:
+        raise ValueError(f"shN must have shape [N, K-1, 3] with N = {n}, got {shN.shape}")
+    n_rest = shN.shape[1]
+    degree = math.isqrt(n_rest + 1) - 1
+    if (degree + 1) ** 2 != n_rest + 1:
+        raise ValueError(f"shN has {n_rest} coefficients per channel; expected (d+1)^2 - 1 for some degree d")
+
+    names = ply_property_names(degree)
+    columns = np.empty((n, len(names)), dtype="<f4")
+    columns[:, 0:3] = means
+    columns[:, 3:6] = 0.0
+    columns[:, 6:9] = sh0
+    # channel-major: [N, K-1, 3] -> [N, 3, K-1] -> [N, 3(K-1)]
+    columns[:, 9 : 9 + 3 * n_rest] = np.transpose(shN, (0, 2, 1)).reshape(n, 3 * n_rest)
+    o = 9 + 3 * n_rest
+    columns[:, o] = opacities
+    columns[:, o + 1 : o + 4] = scales
+    columns[:, o + 4 : o + 8] = quats
+
+    lines = ["ply", "format binary_little_endian 1.0", "comment generated by recon", f"comment {COORDINATE_COMMENT}"]
+    lines += [f"comment {c}" for c in comments]
+    lines.append(f"element vertex {n}")
+    lines += [f"property float {name}" for name in names]
+    lines.append("end_header")
+    header = ("\n".join(lines) + "\n").encode("ascii")
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(np.ascontiguousarray(columns).tobytes())
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------
+
+
+class _Element:
+    def __init__(self, name: str, count: int) -> None:
+        self.name = name
+        self.count = count
+        self.props: list[tuple[str, str]] = []  # (name, numpy kind) for scalar properties
+        self.has_list = False
+
+
+def _parse_header(path: Path, data: bytes) -> tuple[str, list[_Element], int]:
+    """Return (format, elements, offset of the body)."""
+    if not data.startswith(b"ply") or data[3:4] not in (b"\n", b"\r"):
+        raise InputError(path, "not a PLY file")
+    end = -1
+    for marker in (b"end_header\r\n", b"end_header\n"):
+        idx = data.find(marker, 0, _MAX_HEADER_BYTES)
+        if idx >= 0:
+            end = idx + len(marker)
+            break
+    if end < 0:
+        raise InputError(path, "not a PLY file (no end_header)")
+    try:
+        header = data[:end].decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(path, "not a PLY file (header is not ASCII)") from None
+
+    fmt = None
+    elements: list[_Element] = []
+    for raw in header.splitlines()[1:]:
+        tok = raw.split()
+        if not tok or tok[0] in ("comment", "obj_info"):
+            continue
+        if tok[0] == "format":
+            if len(tok) < 2 or tok[1] not in ("ascii", "binary_little_endian", "binary_big_endian"):
+                raise InputError(path, f"unsupported PLY format line {raw.strip()!r}")
+            fmt = tok[1]
+        elif tok[0] == "element":
+            if len(tok) != 3:
+                raise InputError(path, f"malformed PLY header line {raw.strip()!r}")
+            try:
+                count = int(tok[2])
+            except ValueError:
+                raise InputError(path, f"malformed PLY header line {raw.strip()!r}") from None
+            if count < 0:
+                raise InputError(path, f"malformed PLY header line {raw.strip()!r}")
+            elements.append(_Element(tok[1], count))
+        elif tok[0] == "property":
+            if not elements:
+                raise InputError(path, "malformed PLY header (property before any element)")
+            if len(tok) >= 2 and tok[1] == "list":
+                if len(tok) != 5 or tok[2] not in _PLY_TYPES or tok[3] not in _PLY_TYPES:
+                    raise InputError(path, f"malformed PLY header line {raw.strip()!r}")
+                elements[-1].has_list = True
+                elements[-1].props.append((tok[4], "list"))
+            else:
+                if len(tok) != 3 or tok[1] not in _PLY_TYPES:
+                    raise InputError(path, f"unsupported PLY property line {raw.strip()!r}")
+                elements[-1].props.append((tok[2], _PLY_TYPES[tok[1]]))
+        elif tok[0] == "end_header":
+            break
+        else:
+            raise InputError(path, f"malformed PLY header line {raw.strip()!r}")
+    if fmt is None:
+        raise InputError(path, "not a PLY file (no format line)")
+    return fmt, elements, end
+
+
+def _read_vertex_table(path: Path) -> dict[str, np.ndarray]:
+    """Read the ``vertex`` element of a PLY file into {property name: float64/native array}."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, expected a PLY file") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+    fmt, elements, offset = _parse_header(path, data)
+
+    vidx = next((i for i, e in enumerate(elements) if e.name == "vertex"), None)
+    if vidx is None:
+        raise InputError(path, "no vertex element in the PLY header")
+    vertex = elements[vidx]
+    if vertex.has_list:
+        raise InputError(path, "the vertex element has list properties, which a Gaussian PLY never has")
+    n = vertex.count
+    names = [name for name, _ in vertex.props]
+    if len(set(names)) != len(names):
+        raise InputError(path, "duplicate property names in the vertex element")
+
+    if fmt == "ascii":
+        text = data[offset:].decode("ascii", errors="replace").splitlines()
+        # one line per entry of every element before the vertex element
+        skip = sum(e.count for e in elements[:vidx])
+        nprop = len(vertex.props)
+        tokens = " ".join(text[skip : skip + n]).split()
+        if len(tokens) < n * nprop:
+            raise InputError(path, f"truncated: expected {n} vertices, found {len(tokens) // max(nprop, 1)}")
+        if len(tokens) != n * nprop:
+            raise InputError(path, f"malformed ASCII vertex data: expected {nprop} values per vertex")
+        try:
+            values = np.array(tokens, dtype=np.float64)
+        except ValueError:
+            raise InputError(path, "malformed ASCII vertex data (not a number)") from None
+        values = values.reshape(n, nprop)
+        out = {}
+        for j, (name, kind) in enumerate(vertex.props):
+            col = values[:, j]
+            out[name] = col.astype(np.dtype(kind)) if kind.startswith("f") else col
+        return out
+
+    order = "<" if fmt == "binary_little_endian" else ">"
+    for e in elements[:vidx]:
+        if e.has_list:
+            raise InputError(path, f"unsupported PLY: element {e.name!r} with list properties precedes the vertex element")
+        offset += e.count * sum(np.dtype(order + k).itemsize for _, k in e.props)
+    dtype = np.dtype([(name, order + kind) for name, kind in vertex.props])
+    need = n * dtype.itemsize
+    available = max(0, len(data) - offset)
+    if available < need:
+        got = available // dtype.itemsize if dtype.itemsize else 0
+        raise InputError(path, f"truncated: expected {n} vertices, found {got}")
+    table = np.frombuffer(data, dtype=dtype, count=n, offset=offset)
+    return {name: table[name] for name, _ in vertex.props}
+
+
+def read_ply(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a 3DGS PLY into raw parameter tensors (float32, CPU), the inverse of :func:`write_ply`.
+
+    Returns ``{"means" [N,3], "quats" [N,4] (wxyz), "scales" [N,3] (log), "opacities" [N] (logit),
+    "sh0" [N,1,3], "shN" [N,K-1,3]}``; the SH degree is ``isqrt(shN.shape[1] + 1) - 1``, inferred from
+    the number of ``f_rest_*`` properties."""
+    path = Path(path)
+    cols = _read_vertex_table(path)
+
+    def get(name: str) -> np.ndarray:
+        if name not in cols:
+            raise InputError(path, f"missing property {name}")
+        return np.asarray(cols[name])
+
+    rest_names = [k for k in cols if k.startswith("f_rest_")]
+    n_rest_total = len(rest_names)
+    if n_rest_total % 3 != 0:
+        raise InputError(path, f"{n_rest_total} f_rest properties is not a multiple of 3")
+    n_rest = n_rest_total // 3
+    degree = math.isqrt(n_rest + 1) - 1
+    if (degree + 1) ** 2 != n_rest + 1:
+        raise InputError(path, f"{n_rest_total} f_rest properties do not match any SH degree")
+
+    def stack(names: list[str]) -> np.ndarray:
+        return np.stack([get(nm).astype(np.float32, copy=False) for nm in names], axis=-1)
+
+    n = len(get("x"))
+    means = stack(["x", "y", "z"])
+    sh0 = stack([f"f_dc_{i}" for i in range(3)]).reshape(n, 1, 3)
+    if n_rest:
+        rest = stack([f"f_rest_{i}" for i in range(3 * n_rest)])  # [N, 3(K-1)] channel-major
+        shN = np.ascontiguousarray(rest.reshape(n, 3, n_rest).transpose(0, 2, 1))
+    else:
+        shN = np.zeros((n, 0, 3), np.float32)
+    opacities = get("opacity").astype(np.float32, copy=False)
+    scales = stack([f"scale_{i}" for i in range(3)])
+    quats = stack([f"rot_{i}" for i in range(4)])
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+
+    return {
+        "means": t(means),
+        "quats": t(quats),
+        "scales": t(scales),
+        "opacities": t(opacities),
+        "sh0": t(sh0),
+        "shN": t(shN),
+    }
+
+
+def read_ply_header(path: str | Path) -> dict:
+    """The parsed header of any PLY: ``{"format", "comments", "elements": [{"name", "count", "properties"}]}``."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read(_MAX_HEADER_BYTES)
+    fmt, elements, end = _parse_header(path, data)
+    comments = [ln[len("comment ") :] for ln in data[:end].decode("ascii").splitlines() if ln.startswith("comment ")]
+    return {
+        "format": fmt,
+        "comments": comments,
+        "elements": [{"name": e.name, "count": e.count, "properties": [p for p, _ in e.props]} for e in elements],
+    }
