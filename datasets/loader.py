@@ -17,12 +17,13 @@ from recon.datasets.nerf import find_transforms, load_nerf
 from recon.datasets.scene import SceneData
 from recon.errors import InputError
 
-FORMATS = ("demo", "nerf", "colmap", "llff", "folder")
+FORMATS = ("demo", "nerf", "colmap", "llff", "folder", "video")
 _COLMAP_FILES = {"cameras.bin", "cameras.txt", "images.bin", "images.txt", "points3D.bin", "points3D.txt"}
 
 
 def detect_format(path: str | Path) -> str:
-    """``"demo"``, ``"nerf"``, ``"colmap"``, ``"llff"`` or ``"folder"`` (photos that need SfM).
+    """``"demo"``, ``"nerf"``, ``"colmap"``, ``"llff"``, ``"folder"`` (photos that need SfM) or
+    ``"video"`` (frames are extracted next to it, then SfM with sequential matching).
 
     Accepts the folder of a scene or one of its defining files (``transforms.json``,
     ``poses_bounds.npy``, a COLMAP ``cameras.bin``...). InputError when nothing usable is there."""
@@ -38,6 +39,10 @@ def detect_format(path: str | Path) -> str:
             return "llff"
         if p.name in _COLMAP_FILES:
             return "colmap"
+        from recon.datasets.video import is_video_file
+
+        if is_video_file(p):
+            return "video"
         raise InputError(p, "not a scene file (expected transforms.json, poses_bounds.npy, a COLMAP model or a folder)")
     if find_transforms(p) is not None:
         return "nerf"
@@ -81,6 +86,13 @@ def _load(path: str | Path) -> SceneData:
         return load_llff(p)
     if fmt == "colmap":
         return load_colmap(p.parent if p.is_file() else p)
+    if fmt == "video":
+        from recon.datasets.video import extract_frames
+        from recon.utils.paths import derived_dir
+
+        frames_dir = derived_dir(p.parent, f"{p.stem}_frames")
+        extract_frames(p, frames_dir)
+        return _load_folder(frames_dir)
     return _load_folder(p)
 
 

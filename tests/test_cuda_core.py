@@ -2,14 +2,16 @@
 
 Tolerances. The CUDA core works in float32 with its own summation order (warp reductions, atomics,
 fast-math exp) while the oracle is the reference in float64, so:
-- images / alphas: mean |diff| tiny and max |diff| small. A (pixel, Gaussian) pair whose alpha sits
-  within rounding of alpha_min (1/255) or whose T sits at t_min may flip between the two; one flip
-  changes that pixel by up to ~alpha_min, so we bound the fraction of pixels off by more than 1e-3
-  rather than the max difference alone;
-- gradients: relative L2 error per tensor (||g_cuda - g_ref|| / ||g_ref||). Atomics sum per-pixel
-  contributions in arbitrary order in float32, and boundary flips move individual Gaussians' gradients,
-  so the bound is 1e-2 on random scenes (measured values are printed with -s);
-- integer outputs (radii, rects, tile lists) must match exactly when computed from the same float32 inputs.
+- images / alphas: mean |diff| small and max |diff| bounded. A (pixel, Gaussian) pair whose alpha sits
+  within rounding of alpha_min (1/255) or whose T sits at t_min may flip between the two; one flip changes
+  that pixel by up to ~alpha_min, so we bound the fraction of pixels off by more than 1e-3 (1e-3) rather
+  than only the max difference (0.05);
+- gradients: relative L2 error per tensor (||g_cuda - g_ref|| / ||g_ref||) below 1e-2 (2e-2 for the dense
+  and garden scenes): atomics sum per-pixel contributions in arbitrary order in float32 and a boundary flip
+  moves individual Gaussians' gradients;
+- integer outputs (radii, rects, tile lists) match exactly when computed from the same float32 inputs.
+Measured on an H100 (2026-11-24, printed with -s): image mean |diff| median 7e-8, worst 8e-7; worst fraction
+of pixels off by > 1e-3: 2e-4; gradients median 1e-6, worst 3e-3 (opacities, garden camera 1).
 """
 
 from __future__ import annotations

@@ -305,6 +305,26 @@ def test_sh_basis_matches_legendre_definition():
         torch.testing.assert_close(Y[i], torch.tensor(ref, dtype=F64), rtol=1e-12, atol=1e-12)
 
 
+def test_sh_view_direction_uses_camera_centre():
+    """Moving scene and camera together leaves an SH (degree 3) render unchanged; colours use mean - centre."""
+    W, H = 16, 12
+    means, quats, scales, opac, _ = _random_scene(20, W, H, 11)
+    sh = torch.randn(20, 16, 3, generator=torch.Generator().manual_seed(2), dtype=F64) * 0.3
+    viewmat, K = _camera(W, H)
+    ang = 0.3
+    viewmat[:3, :3] = torch.tensor([[1, 0, 0], [0, math.cos(ang), -math.sin(ang)], [0, math.sin(ang), math.cos(ang)]], dtype=F64)
+    viewmat[:3, 3] = torch.tensor([0.2, -0.1, 0.4], dtype=F64)
+    shift = torch.tensor([3.0, -2.0, 5.0], dtype=F64)
+    moved = viewmat.clone()
+    moved[:3, 3] = viewmat[:3, 3] - viewmat[:3, :3] @ shift  # viewmat @ translate(-shift)
+    a = render_gaussians(means, quats, scales, opac, sh, viewmat, K, W, H, sh_degree=3, backend="reference")
+    b = render_gaussians(means + shift, quats, scales, opac, sh, moved, K, W, H, sh_degree=3, backend="reference")
+    assert a.alpha.max() > 0.5
+    torch.testing.assert_close(b.image, a.image)
+    centre = torch.linalg.inv(viewmat)[:3, 3]
+    torch.testing.assert_close(a.meta["colors"], torch.clamp_min(eval_sh(3, sh, means - centre) + 0.5, 0))
+
+
 def test_sh_degree0_render_colour():
     """sh_degree=0 renders exactly the colour C0*k + 0.5 (and clamps negatives at 0)."""
     W, H = 8, 6

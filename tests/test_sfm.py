@@ -474,18 +474,18 @@ def test_sacre_coeur_registers_all(recon_data, tmp_path):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_opensfm_lund_falls_back_to_global_mapping(recon_data):
-    """Incremental mapping fails on Lund (2/29 with exhaustive matching, the reference setup);
-    global mapping registers 29/29, and its cameras agree with the photos' EXIF GPS to a few metres.
-
-    (With the sequential matching that "auto" picks for these names, incremental mapping is not
-    deterministic here: some runs register 4/29, others all 29 with the street folded, 35 m off
-    GPS. Either way the GPS check or the registration count sends it to global mapping.)"""
+    """Incremental mapping fails on Lund: with exhaustive matching (the reference setup) it mostly
+    registers 2/29, in some runs 27/29 with cameras 15 m off the photos' EXIF GPS; global mapping
+    registers 29/29 and agrees with GPS to ~4 m. Either the registration count or the GPS check
+    sends run_sfm to global mapping. (With the sequential matching that "auto" picks for these
+    names it is the same story: 3-4/29, or 29/29 with the street folded 35 m off GPS.)"""
     images = dataset(recon_data, "opensfm_lund") / "images"
     res = run_sfm(images, matcher="exhaustive", max_image_size=1024, progress=False)
     report = res.report
     assert (res.registered, res.total) == (29, 29)
     assert report["mapper"] == "global"
-    assert report["mappers"]["incremental"]["registered"] < 24
+    inc = report["mappers"]["incremental"]
+    assert inc["registered"] < 24 or inc["gps"]["consistent"] is False, inc
     assert report["mappers"]["global"]["registered"] == 29
     assert report["mappers"]["global"]["gps"]["consistent"] is True
     assert report["mappers"]["global"]["gps"]["median_residual_m"] < 10

@@ -40,13 +40,16 @@ def params_of(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["scene"]
 
 
-def assert_same_scene(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if torch.is_tensor(a[k]):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
+def assert_same_scene(a, b, where: str = "scene") -> None:
+    """Bit-exact equality of nested dicts of tensors."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_scene(a[k], b[k], f"{where}.{k}")
+    elif torch.is_tensor(a):
+        assert a.shape == b.shape and torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 class StopAt(Exception):

@@ -6,7 +6,7 @@ footprints, tile binning and the footprint-generic compositor. Formulas:
 """
 
 from .composite import CompositeResult, composite, pixel_centers
-from .footprints import GAUSSIAN_RECORD_SIZE, Footprint, gaussian_footprint
+from .footprints import GAUSSIAN_RECORD_SIZE, Footprint, GaussianFootprint, gaussian_footprint
 from .projection import (
     GaussianProjection,
     camera_center,
@@ -24,6 +24,7 @@ __all__ = [
     "pixel_centers",
     "GAUSSIAN_RECORD_SIZE",
     "Footprint",
+    "GaussianFootprint",
     "gaussian_footprint",
     "GaussianProjection",
     "camera_center",

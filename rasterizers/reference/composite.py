@@ -248,7 +248,7 @@ def _composite_tiled(
     # ---- pass 2: differentiable compositing of the contributing pairs only ----
     w = footprint(records[prim_c], pixels)
     alpha = torch.clamp(opacities[prim_c] * w, max=settings.alpha_max)
-    la = torch.log1p(-alpha).to(torch.float64)
+    la = torch.log1p(-alpha.to(torch.float64))
     t = torch.exp(_exclusive_log_transmittance(la, starts)).to(dtype)
     weights = alpha * t
     color_sum = torch.zeros(p_count, colors.shape[1], dtype=dtype, device=device).index_add(

@@ -81,7 +81,10 @@ def initial_scene(cfg: TrainConfig, data: PreparedData, device: str):
     if cfg.init in ("auto", "points") and (points is None or len(points) == 0) and sd.source != "demo":
         from recon.datasets.sfm import triangulate_known_poses
 
-        points, colors = triangulate_known_poses(sd, progress=cfg.progress)
+        # 1000 px keeps SIFT + matching to minutes on a CPU; the GPU default matches 3DGS's 1600.
+        points, colors = triangulate_known_poses(
+            sd, max_image_size=1600 if device == "cuda" else 1000, progress=cfg.progress
+        )
     if cfg.init == "points" and (points is None or len(points) == 0):
         raise InputError(sd.root, "--init points was asked for, but the scene has no SfM points")
     if cfg.init != "random" and points is not None and len(points) > 0:
