@@ -28,6 +28,24 @@ DISTORTION_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 
+def look_at_c2w(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """OpenCV camera-to-world (x right, y down, z forward) at ``eye`` looking at ``target``, with
+    ``up`` pointing up in the image (``up`` must not be parallel to the viewing direction)."""
+    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
+    z = target - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
+    return c2w
+
+
+# OpenCV <-> OpenGL camera axes (y and z flipped); the same matrix converts both ways.
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
 @dataclass(frozen=True)
 class Distortion:
     """Lens distortion in one of :data:`DISTORTION_MODELS`, parameters keyed by name."""

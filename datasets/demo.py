@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.datasets.cameras import Camera
+from recon.datasets.cameras import Camera, look_at_c2w
 from recon.utils.paths import cache_root
 
 VERSION = 1
@@ -496,19 +496,6 @@ def demo_ground_truth() -> DemoGroundTruth:
 
 
 # --- cameras ------------------------------------------------------------------------------------
-def look_at_c2w(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array(UP)) -> np.ndarray:
-    """OpenCV camera-to-world (x right, y down, z forward) at ``eye`` looking at ``target``."""
-    eye = np.asarray(eye, dtype=np.float64)
-    z = np.asarray(target, dtype=np.float64) - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return c2w
-
-
 def demo_cameras(
     *, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, n_views: int = DEFAULT_VIEWS, seed: int = 0
 ) -> list[Camera]:

@@ -8,18 +8,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from recon.datasets.cameras import OPENCV_TO_OPENGL, look_at_c2w
+
 
 def look_at_c2w_gl(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenGL camera-to-world (x right, y up, z backward) looking from ``eye`` at ``target``."""
-    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
-    back = eye - target
-    back /= np.linalg.norm(back)
-    right = np.cross(up, back)
-    right /= np.linalg.norm(right)
-    true_up = np.cross(back, right)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, true_up, back, eye
-    return m
+    return look_at_c2w(eye, target, up) @ OPENCV_TO_OPENGL
 
 
 def write_noise_images(folder: Path, n: int, size=(64, 48), seed=0, ext=".png") -> list[Path]:

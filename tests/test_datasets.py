@@ -600,15 +600,20 @@ def test_downscale_box_filter_and_cache_reuse(tmp_path: Path, monkeypatch):
     assert len(saves) == 2
 
 
-def test_jpeg_source_caches_as_jpeg(tmp_path: Path):
+def test_jpeg_source_cache_is_lossless_and_first_load_equals_later_loads(tmp_path: Path):
+    """The first load (fresh downscale) and later loads (from the cache) must see the same pixels."""
     yy, xx = np.mgrid[0:H, 0:W]
-    arr = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).astype(np.uint8)  # smooth: JPEG-friendly
+    arr = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).astype(np.uint8)
     src = tmp_path / "a.jpg"
     Image.fromarray(arr).save(src, quality=98, subsampling=0)
-    view = load_view(pinhole(src, W, H), 2)
-    assert cached_image_path(src, 2).suffix == ".jpg" and cached_image_path(src, 2).is_file()
-    expected = arr.reshape(H // 2, 2, W // 2, 2, 3).astype(np.float64).mean(axis=(1, 3)) / 255.0
-    assert np.abs(view.image.numpy() - expected).max() < 4 / 255
+    first = load_view(pinhole(src, W, H), 2)
+    cache = cached_image_path(src, 2)
+    assert cache.name == "a.jpg.png" and cache.is_file()
+    second = load_view(pinhole(src, W, H), 2)
+    assert torch.equal(first.image, second.image)
+    decoded = np.asarray(Image.open(src).convert("RGB"), dtype=np.float64)
+    expected = np.round(decoded.reshape(H // 2, 2, W // 2, 2, 3).mean(axis=(1, 3))) / 255.0
+    assert np.abs(first.image.numpy() - expected).max() < 1e-6
 
 
 def test_image_smaller_by_exact_factor_is_accepted(tmp_path: Path):

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from conftest import dataset
+from recon.datasets.cameras import look_at_c2w
 from recon.datasets import sfm as sfm_mod
 from recon.datasets.cameras import Camera, Distortion
 from recon.datasets.scene import SceneData
@@ -47,17 +48,6 @@ def _texture(rng: np.random.Generator, size: int = 384) -> np.ndarray:
     return (acc - acc.min()) / (acc.max() - acc.min())
 
 
-def _look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """OpenCV camera-to-world (x right, y down, z forward) at ``eye`` looking at ``target``."""
-    eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return c2w
 
 
 def _render(c2w: np.ndarray, K: np.ndarray, w: int, h: int, textures: list[np.ndarray]) -> Image.Image:
@@ -97,7 +87,7 @@ def make_corner_scene(folder: Path, n: int = 8, w: int = 320, h: int = 240, f: f
     for i in range(n):
         az = np.deg2rad(20 + 50 * i / (n - 1))
         eye = np.array([1.2, 1.2, 0.9]) + 5.0 * np.array([np.cos(az), np.sin(az), 0.5 + 0.15 * np.sin(i)])
-        c2w = _look_at(eye, (1.0, 1.0, 0.8))
+        c2w = look_at_c2w(eye, (1.0, 1.0, 0.8))
         _render(c2w, K, w, h, textures).save(folder / f"view_{i:02d}.png")
         c2ws.append(c2w)
     return K, c2ws
@@ -360,7 +350,7 @@ def test_triangulate_known_poses_noise_gives_no_points(tmp_path):
     for i in range(3):
         p = photos / f"n{i}.png"
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(p)
-        c2w = _look_at((3 * np.cos(i), 3 * np.sin(i), 1.0), (0, 0, 0))
+        c2w = look_at_c2w((3 * np.cos(i), 3 * np.sin(i), 1.0), (0, 0, 0))
         cams.append(Camera(name=p.stem, width=64, height=48, fx=60, fy=60, cx=32, cy=24, c2w=c2w, image_path=p))
     pts, cols = triangulate_known_poses(SceneData(root=photos, source="nerf", cameras=cams), progress=False)
     assert pts.shape == (0, 3) and cols.shape == (0, 3)

@@ -145,9 +145,12 @@ def test_run_folder_layout_and_eval_json(tmp_path):
 
 @pytest.mark.slow
 def test_demo_trains_above_psnr_bar(tmp_path):
-    """The demo reaches a recognisable result on the CPU path (bar well below what a full run gets)."""
-    cfg = TrainConfig(data="demo", output=tmp_path / "run", steps=800, random_init_points=5000, progress=False,
+    """The demo reaches a recognisable result on the CPU path with the default schedule compressed to
+    300 steps. Reference points on the held-out views: a blank white image scores 8.2 dB, the mean
+    colour 10.2 dB; measured here: 20.3 dB at 250 steps, 26.8 dB at 500 (the `make demo` default)."""
+    cfg = TrainConfig(data="demo", output=tmp_path / "run", steps=300, random_init_points=5000, progress=False,
                       save_eval_renders=False)
-    t = train(cfg)
+    train(cfg)
     res = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
-    assert res["psnr"] > 22.0, res["psnr"]
+    assert res["psnr"] > 19.0, res["psnr"]
+    assert res["ssim"] > 0.7, res["ssim"]

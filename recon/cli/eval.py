@@ -31,7 +31,7 @@ class EvalConfig:
 
 
 def main(cfg: EvalConfig | None = None) -> int:
-    from recon.cli.runs import load_run
+    from recon.cli.runs import load_run, run_dir_of
     from recon.eval.evaluate import describe_protocol, evaluate_views
     from recon.eval.metrics import Lpips
     from recon.training.trainer import prepare_data
@@ -58,7 +58,7 @@ def main(cfg: EvalConfig | None = None) -> int:
         return scene.render(cam, background=background, sh_degree=train_cfg.sh_degree, settings=train_cfg.raster,
                             backend=train_cfg.backend).image
 
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    run_dir = run_dir_of(ckpt_path)
     out_dir = cfg.output or (run_dir / "eval")
     results = evaluate_views(
         render, views, out_dir=out_dir, protocol=protocol, lpips=lpips, save_renders=cfg.save_renders,

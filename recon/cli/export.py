@@ -27,10 +27,10 @@ class PlyExport:
 
 
 def export_ply(cfg: PlyExport) -> int:
-    from recon.cli.runs import load_run
+    from recon.cli.runs import load_run, run_dir_of
 
     scene, _, _, ckpt_path = load_run(cfg.run, cfg.checkpoint, "cpu")
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    run_dir = run_dir_of(ckpt_path)
     out = cfg.output or (run_dir / "export" / "point_cloud.ply")
     scene.export(out)
     Console().print(f"wrote {out} ({scene.num_primitives:,} Gaussians)", highlight=False)

@@ -24,6 +24,12 @@ def resolve_checkpoint(target: Path, which: str = "best") -> Path:
     raise InputError(target, "no such file or folder")
 
 
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def load_run(target: Path, which: str = "best", device: str = "cpu"):
     """(scene, config, checkpoint payload) of a trained run."""
     from recon.scenes import SCENES
@@ -41,4 +47,4 @@ def load_run(target: Path, which: str = "best", device: str = "cpu"):
     return scene, cfg, ckpt, path
 
 
-__all__ = ["TrainConfig", "load_run", "resolve_checkpoint"]
+__all__ = ["TrainConfig", "load_run", "resolve_checkpoint", "run_dir_of"]

@@ -122,6 +122,10 @@ class Trainer:
     # --- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        if self.device == "cpu":
+            # Multi-threaded CPU backward of indexing (index_put_ with accumulate) sums in a varying
+            # order; deterministic mode makes a run, and a resumed run, bit-for-bit reproducible.
+            torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
         resume_path = run_folder.checkpoint_to_resume(self.run_dir, cfg)  # validates before loading data
         self.data = prepare_data(cfg, self.device)
