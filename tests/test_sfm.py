@@ -24,6 +24,7 @@ from PIL import Image
 from conftest import dataset
 from recon.datasets.cameras import look_at_c2w
 from recon.datasets import sfm as sfm_mod
+from recon.datasets.sfm import colmap_steps as sfm_colmap, inputs as sfm_inputs, progress as sfm_progress
 from recon.datasets.cameras import Camera, Distortion
 from recon.datasets.scene import SceneData
 from recon.datasets.sfm import choose_matcher, looks_like_frames, run_sfm, triangulate_known_poses
@@ -138,18 +139,18 @@ def test_choose_matcher(tmp_path):
 
 def test_pairs_and_chunks_cover_every_pair_once():
     names = [f"{i:04d}.jpg" for i in range(57)]
-    for pairs in (sfm_mod._exhaustive_pairs(names), sfm_mod._sequential_pairs(names)):
+    for pairs in (sfm_inputs._exhaustive_pairs(names), sfm_inputs._sequential_pairs(names)):
         assert len(set(pairs)) == len(pairs)
         assert all(a != b for a, b in pairs)
-        chunks = sfm_mod._pair_chunks(pairs, names)
+        chunks = sfm_colmap._pair_chunks(pairs, names)
         flat = [p for c in chunks for p in c]
         assert sorted(flat) == sorted(pairs)
-    seq = set(sfm_mod._sequential_pairs(names))
+    seq = set(sfm_inputs._sequential_pairs(names))
     assert ("0000.jpg", "0010.jpg") in seq and ("0000.jpg", "0011.jpg") not in seq
     assert ("0000.jpg", "0032.jpg") in seq  # quadratic overlap (loop closure)
     # numeric order, not string order, for names without zero padding
     unpadded = [f"f{i}.png" for i in range(1, 13)]
-    assert ("f9.png", "f10.png") in set(sfm_mod._sequential_pairs(unpadded))
+    assert ("f9.png", "f10.png") in set(sfm_inputs._sequential_pairs(unpadded))
 
 
 def test_bad_inputs(tmp_path):
@@ -196,15 +197,15 @@ def test_masks_are_binarised_under_colmap_names(tmp_path):
     soft[:, 8] = 128  # ... and at it
     (tmp_path / "masks").mkdir()
     Image.fromarray(soft).save(tmp_path / "masks" / "a.png")  # half size: resized to the image
-    found = sfm_mod._collect_masks(tmp_path, ["a.jpg"], tmp_path / "masks")
-    out = sfm_mod._write_colmap_masks(found, {"a.jpg": img}, tmp_path / "colmap_masks")
+    found = sfm_inputs._collect_masks(tmp_path, ["a.jpg"], tmp_path / "masks")
+    out = sfm_inputs._write_colmap_masks(found, {"a.jpg": img}, tmp_path / "colmap_masks")
     m = np.asarray(Image.open(out / "a.jpg.png"))
     assert m.shape == (30, 40)
     assert set(np.unique(m)) == {0, 255}
     assert (m[:, :16] == 0).all() and (m[:, 20:] == 255).all()
     (tmp_path / "images_4").mkdir()
     (tmp_path / "masks_4").mkdir()
-    assert sfm_mod._auto_mask_dir(tmp_path / "images_4") == tmp_path / "masks_4"
+    assert sfm_inputs._auto_mask_dir(tmp_path / "images_4") == tmp_path / "masks_4"
 
 
 def test_masked_features_stay_inside_the_mask(corner, tmp_path):
@@ -217,12 +218,12 @@ def test_masked_features_stay_inside_the_mask(corner, tmp_path):
         m = np.zeros((240, 320), np.uint8)
         m[:, :160] = 255  # keep the left half
         Image.fromarray(m).save(masks_src / n)
-    found = sfm_mod._collect_masks(folder, names, masks_src)
-    cmasks = sfm_mod._write_colmap_masks(found, {n: folder / n for n in names}, tmp_path / "cm")
+    found = sfm_inputs._collect_masks(folder, names, masks_src)
+    cmasks = sfm_inputs._write_colmap_masks(found, {n: folder / n for n in names}, tmp_path / "cm")
     db = tmp_path / "db.db"
-    with sfm_mod._quiet_colmap(), sfm_mod._Stages(False, "") as stages:
-        sfm_mod._extract(db, folder, names, camera_model="SIMPLE_RADIAL", single_camera=True, max_image_size=1600,
-                         num_threads=-1, mask_dir=cmasks, stages=stages)
+    with sfm_colmap._quiet_colmap(), sfm_progress._Stages(False, "") as stages:
+        sfm_colmap._extract(db, folder, names, camera_model="SIMPLE_RADIAL", single_camera=True, max_image_size=1600,
+                            num_threads=-1, mask_dir=cmasks, stages=stages)
     d = pycolmap.Database.open(str(db))
     try:
         for im in d.read_all_images():
