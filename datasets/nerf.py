@@ -30,6 +30,7 @@ from recon.datasets.cameras import Camera, Distortion
 from recon.datasets.folder import IMAGE_SUFFIXES, image_size
 from recon.datasets.scene import SceneData
 from recon.errors import InputError
+from recon.utils.ply import read_ply_vertices
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -253,91 +254,18 @@ _PLY_TYPES = {
 }  # fmt: skip
 
 
-def _ply_type(path: Path, name: str) -> str:
-    if name not in _PLY_TYPES:
-        raise InputError(path, f"unknown PLY property type {name!r}")
-    return _PLY_TYPES[name]
-
-
 def read_ply_points(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``vertex`` x, y, z (and red, green, blue when present) of an ascii or binary PLY.
     Returns float32 (N, 3) points and uint8 (N, 3) colours (None when the file has none)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise InputError(path, f"cannot read file ({err.strerror or err})") from err
-    end = data.find(b"end_header")
-    if not data.startswith(b"ply") or end < 0:
-        raise InputError(path, "not a PLY file (missing 'ply' magic or 'end_header')")
-    body_start = data.find(b"\n", end) + 1
-    header = data[:end].decode("ascii", errors="replace").splitlines()
-    fmt = None
-    elements: list[tuple[str, int, list[tuple[str, str, str | None]]]] = []  # name, count, [(prop, type, list count type)]
-    for line in header:
-        tok = line.split()
-        if not tok:
-            continue
-        if tok[0] == "format":
-            fmt = tok[1]
-        elif tok[0] == "element":
-            elements.append((tok[1], int(tok[2]), []))
-        elif tok[0] == "property" and elements:
-            if tok[1] == "list":
-                elements[-1][2].append((tok[4], _ply_type(path, tok[3]), _ply_type(path, tok[2])))
-            else:
-                elements[-1][2].append((tok[2], _ply_type(path, tok[1]), None))
-    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise InputError(path, f"unsupported PLY format {fmt!r}")
-    names = [e[0] for e in elements]
-    if "vertex" not in names:
-        raise InputError(path, "PLY has no vertex element")
-    vertex = elements[names.index("vertex")]
-    props = [p[0] for p in vertex[2]]
-    if not {"x", "y", "z"} <= set(props):
+    cols = read_ply_vertices(path)
+    if not {"x", "y", "z"} <= cols.keys():
         raise InputError(path, "PLY vertices have no x, y, z properties")
-    if any(p[2] is not None for p in vertex[2]):
-        raise InputError(path, "PLY vertices with list properties are not supported")
-    count = vertex[1]
-
-    if fmt == "ascii":
-        lines = data[body_start:].decode("ascii", errors="replace").splitlines()
-        skip = sum(e[1] for e in elements[: names.index("vertex")])
-        rows = lines[skip : skip + count]
-        if len(rows) < count:
-            raise InputError(path, "PLY file is truncated")
-        try:
-            table = np.array([r.split()[: len(props)] for r in rows], dtype=np.float64).reshape(count, len(props))
-        except ValueError as err:
-            raise InputError(path, "PLY vertex rows are not numbers") from err
-        cols = {p: table[:, j] for j, p in enumerate(props)}
-        rgb_is_float = any(t.startswith("f") for n, t, _ in vertex[2] if n in ("red", "green", "blue"))
-    else:
-        order = "<" if fmt == "binary_little_endian" else ">"
-        pos = body_start
-        for name, n, eprops in elements[: names.index("vertex")]:  # skip elements stored before the vertices
-            if all(p[2] is None for p in eprops):
-                pos += n * sum(np.dtype(p[1]).itemsize for p in eprops)
-            else:
-                for _ in range(n):
-                    for _, t, ct in eprops:
-                        if ct is None:
-                            pos += np.dtype(t).itemsize
-                        else:
-                            k = int(np.frombuffer(data, order + ct, 1, pos)[0])
-                            pos += np.dtype(ct).itemsize + k * np.dtype(t).itemsize
-        dtype = np.dtype([(p, order + t) for p, t, _ in vertex[2]])
-        if pos + dtype.itemsize * count > len(data):
-            raise InputError(path, "PLY file is truncated")
-        arr = np.frombuffer(data, dtype, count, pos)
-        cols = {p: arr[p].astype(np.float64) for p in props}
-        rgb_is_float = any(t.startswith("f") for n, t, _ in vertex[2] if n in ("red", "green", "blue"))
-
     xyz = np.stack([cols["x"], cols["y"], cols["z"]], axis=-1).astype(np.float32)
     colors = None
-    if {"red", "green", "blue"} <= set(cols):
-        rgb = np.stack([cols["red"], cols["green"], cols["blue"]], axis=-1)
-        if rgb_is_float:
+    if {"red", "green", "blue"} <= cols.keys():
+        rgb = np.stack([cols["red"], cols["green"], cols["blue"]], axis=-1).astype(np.float64)
+        if cols["red"].dtype.kind == "f":  # float colours are in [0, 1]
             rgb = rgb * 255.0
         colors = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
     return xyz, colors

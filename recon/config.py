@@ -96,6 +96,9 @@ class TrainConfig:
             return 1.0
         return min(1.0, steps / SCHEDULE_REFERENCE_STEPS)
 
+    def resolved_sh_interval(self, steps: int) -> int:
+        return max(1, int(round(self.sh_degree_interval * self.schedule_scale(steps))))
+
     def resolved_strategy(self, steps: int) -> DefaultStrategy:
         k = self.schedule_scale(steps)
         if k >= 1.0:
@@ -127,25 +130,27 @@ def dump_config_yaml(cfg: Any) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
+_NESTED_CONFIGS = {"optim": GaussianOptimConfig, "strategy": DefaultStrategy, "raster": RasterSettings}
+
+
 def train_config_from_dict(d: dict) -> TrainConfig:
-    """Inverse of :func:`config_to_dict` for :class:`TrainConfig` (unknown keys are rejected)."""
+    """Inverse of :func:`config_to_dict` for :class:`TrainConfig` (unknown keys are rejected).
+
+    YAML gives lists where the config has tuples (background, Adam betas) and strings for paths."""
 
     def build(cls: type, values: dict) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
-        hints = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in values.items():
-            if key not in hints:
+            if key not in names:
                 raise ValueError(f"unknown config key {key!r} for {cls.__name__}")
-            default = getattr(cls(), key) if key not in ("optim", "strategy", "raster") else None
-            sub = {"optim": GaussianOptimConfig, "strategy": DefaultStrategy, "raster": RasterSettings}.get(key)
-            if sub is not None and cls is TrainConfig:
-                kwargs[key] = build(sub, value)
-            elif isinstance(default, tuple) or (key == "background" and value is not None):
-                kwargs[key] = tuple(value)
+            if cls is TrainConfig and key in _NESTED_CONFIGS:
+                value = build(_NESTED_CONFIGS[key], value)
+            elif isinstance(value, list):
+                value = tuple(value)
             elif key == "output" and value is not None:
-                kwargs[key] = Path(value)
-            else:
-                kwargs[key] = value
+                value = Path(value)
+            kwargs[key] = value
         return cls(**kwargs)
 
     return build(TrainConfig, d)

@@ -42,21 +42,18 @@ def main(cfg: EvalConfig | None = None) -> int:
     if cfg.data is not None:
         train_cfg = dataclasses.replace(train_cfg, data=cfg.data)
     train_cfg = dataclasses.replace(train_cfg, progress=False)
-    data = prepare_data(train_cfg, device)
+    data = prepare_data(train_cfg, device, need_train_views=False)
     views = data.test_views or data.train_views
     background = torch.tensor(data.background, dtype=torch.float32, device=device)
     lpips = Lpips(device=device)
     protocol = describe_protocol(
-        holdout_every=train_cfg.holdout_every if data.test_views else 0,
-        test_names=[v.camera.name for v in views], downscale=data.downscale,
-        resolution=(views[0].camera.width, views[0].camera.height), background=data.background,
-        masked=any(v.mask is not None for v in views), lpips=lpips,
+        views, holdout_every=train_cfg.holdout_every if data.test_views else 0, downscale=data.downscale,
+        background=data.background, lpips=lpips,
     )
 
     def render(view):
-        cam = view.camera
-        return scene.render(cam, background=background, sh_degree=train_cfg.sh_degree, settings=train_cfg.raster,
-                            backend=train_cfg.backend).image
+        return scene.render(view.camera, background=background, sh_degree=train_cfg.sh_degree,
+                            settings=train_cfg.raster, backend=train_cfg.backend).image
 
     run_dir = run_dir_of(ckpt_path)
     out_dir = cfg.output or (run_dir / "eval")

@@ -29,9 +29,12 @@ def save_png(path: Path, image: torch.Tensor) -> None:
 
 
 def describe_protocol(
-    *, holdout_every: int, test_names: Sequence[str], downscale: int, resolution: tuple[int, int] | None,
-    background: Sequence[float], masked: bool, lpips: Lpips | None,
+    views: Sequence[Any], *, holdout_every: int, downscale: int, background: Sequence[float], lpips: Lpips | None,
 ) -> dict[str, Any]:
+    """The protocol block of ``results.json``; view names, resolution and masking come from ``views``."""
+    test_names = [v.camera.name for v in views]
+    resolution = (views[0].camera.width, views[0].camera.height) if views else None
+    masked = any(v.mask is not None for v in views)
     return {
         "split": (
             f"views sorted by name; every {holdout_every}th view held out (indices 0, {holdout_every}, "

@@ -26,7 +26,7 @@ from recon.training import run_folder
 from recon.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from recon.training.losses import photometric_loss
 from recon.training.progress import TrainProgress
-from recon.utils.atomic import write_text_atomic
+from recon.utils.atomic import atomic_path, write_text_atomic
 
 
 @dataclass
@@ -53,8 +53,11 @@ def choose_downscale(cfg: TrainConfig, cameras: list, device: str) -> int:
     return factor
 
 
-def prepare_data(cfg: TrainConfig, device: str) -> PreparedData:
-    """Load and validate the scene and all images (bad input fails here, before any output exists)."""
+def prepare_data(cfg: TrainConfig, device: str, *, need_train_views: bool = True) -> PreparedData:
+    """Load and validate the scene and all images (bad input fails here, before any output exists).
+
+    ``need_train_views=False`` (evaluation) skips decoding the training images unless there is no
+    held-out split to evaluate on."""
     from recon.datasets.images import load_views
     from recon.datasets.loader import load_scene
 
@@ -63,8 +66,9 @@ def prepare_data(cfg: TrainConfig, device: str) -> PreparedData:
         raise InputError(scene_data.root, f"need at least 2 posed views to train, found {len(scene_data.cameras)}")
     downscale = choose_downscale(cfg, scene_data.cameras, device)
     train_idx, test_idx = scene_data.split(cfg.holdout_every)
-    train_views = load_views(scene_data, train_idx, downscale, progress=cfg.progress)
     test_views = load_views(scene_data, test_idx, downscale, progress=cfg.progress)
+    need_train_views = need_train_views or not test_views
+    train_views = load_views(scene_data, train_idx, downscale, progress=cfg.progress) if need_train_views else []
     if cfg.background is not None:
         background = tuple(float(x) for x in cfg.background)
     else:
@@ -113,11 +117,11 @@ class Trainer:
         if self.steps < 1:
             raise InputError(None, f"--steps must be >= 1 (got {self.steps})")
         # Compress the 3DGS schedules for short runs (see recon.config).
-        k = cfg.schedule_scale(self.steps)
         self.strategy = cfg.resolved_strategy(self.steps)
-        self.sh_interval = max(1, int(round(cfg.sh_degree_interval * k)))
+        self.sh_interval = cfg.resolved_sh_interval(self.steps)
         self.eval_every = cfg.eval_every or max(1, self.steps // 5)
         self.run_dir = run_folder.resolve_run_dir(cfg)
+        self._lpips = None
 
     # --- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -126,7 +130,6 @@ class Trainer:
             # Multi-threaded CPU backward of indexing (index_put_ with accumulate) sums in a varying
             # order; deterministic mode makes a run, and a resumed run, bit-for-bit reproducible.
             torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(cfg.seed)
         resume_path = run_folder.checkpoint_to_resume(self.run_dir, cfg)  # validates before loading data
         self.data = prepare_data(cfg, self.device)
         self.background = torch.tensor(self.data.background, dtype=torch.float32, device=self.device)
@@ -153,10 +156,10 @@ class Trainer:
         return replace(view, image=view.image.to(self.device), mask=None if view.mask is None else view.mask.to(self.device))
 
     def _resume(self, path: Path) -> None:
-        from recon.scenes.gaussians import GaussianScene
+        from recon.scenes import SCENES
 
         ckpt = load_checkpoint(path, map_location=self.device)
-        self.scene = GaussianScene.from_state_dict(ckpt["scene"]).to(self.device)
+        self.scene = SCENES[self.cfg.method].from_state_dict(ckpt["scene"]).to(self.device)
         self.optimizers = self.scene.make_optimizers(self.optim)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
@@ -182,7 +185,7 @@ class Trainer:
         out = self.scene.render(
             view.camera, background=self.background, sh_degree=sh_degree, settings=cfg.raster, backend=cfg.backend
         )
-        info = {**out.meta, "width": view.camera.width, "height": view.camera.height, "n_cameras": 1}
+        info = out.meta  # the scene's render adds width, height and n_cameras for the strategy
         self.strategy.step_pre_backward(self.scene.params, self.optimizers, self.strategy_state, step, info)
         loss, parts = photometric_loss(out.image, view.image, view.mask, cfg.ssim_lambda)
         loss.backward()
@@ -206,17 +209,14 @@ class Trainer:
         views = self.data.test_views
         if not views:
             return None
-        from recon.eval.metrics import Lpips
+        if self._lpips is None:  # built once per run: loading the network is not free
+            from recon.eval.metrics import Lpips
 
-        lpips = Lpips(device=self.device)
+            self._lpips = Lpips(device=self.device)
+        lpips = self._lpips
         protocol = describe_protocol(
-            holdout_every=self.cfg.holdout_every,
-            test_names=[v.camera.name for v in views],
-            downscale=self.data.downscale,
-            resolution=(views[0].camera.width, views[0].camera.height),
-            background=self.data.background,
-            masked=any(v.mask is not None for v in views),
-            lpips=lpips,
+            views, holdout_every=self.cfg.holdout_every, downscale=self.data.downscale,
+            background=self.data.background, lpips=lpips,
         )
         extra = {
             "method": self.cfg.method,
@@ -248,8 +248,8 @@ class Trainer:
         ckpt_dir = self.run_dir / "checkpoints"
         save_checkpoint(ckpt_dir / "latest.pt", self.checkpoint_payload())
         if best:
-            shutil.copyfile(ckpt_dir / "latest.pt", ckpt_dir / ".best.pt.tmp")
-            (ckpt_dir / ".best.pt.tmp").replace(ckpt_dir / "best.pt")
+            with atomic_path(ckpt_dir / "best.pt") as tmp:
+                shutil.copyfile(ckpt_dir / "latest.pt", tmp)
 
     def export(self) -> Path:
         path = self.run_dir / "export" / "point_cloud.ply"
