@@ -1,12 +1,14 @@
 // recon CUDA core: footprint policy of the EWA 3D Gaussian (rasterizers.md a.3).
+// recon-footprint: GaussianFootprint id=0
 //
 // A footprint policy is everything the shared compositor (composite.cuh) knows about a primitive:
 //   - R            floats in its screen-space record (stored [I, N, R], row-major);
 //   - Cache        what eval() leaves for vjp();
 //   - eval(rec, px, py, w, cache) -> bool   w = F(rec, pixel) in [0, 1]; false = no contribution;
 //   - vjp(rec, px, py, cache, w, v_w, v_rec) accumulates dL/drec given dL/dw;
-//   - name         used in the instantiation list (footprints.h).
-// Adding a primitive = one header like this + one line in footprints.h; the compositor is untouched.
+//   - touches_rect(rec, opacity, alpha_min, x0, x1, y0, y1) -> bool   exact tile test (intersect.cu).
+// The marker line above registers the policy (footprints.h); adding a primitive = one header like this
+// + its projection kernel (a .cu file that registers its own ops); the compositor is untouched.
 #pragma once
 #include <cuda_runtime.h>
 
