@@ -30,7 +30,8 @@ class TrainConfig:
     output: Path | None = None
     """Run folder. Default: outputs/<scene name>. Re-running the same command resumes from it."""
     method: Literal["gaussians"] = "gaussians"
-    """Scene representation."""
+    """Scene representation (recon.methods.METHODS). The Gaussians' optimiser and densification are the
+    `optim` and `strategy` sections below; every other method has a section named after it."""
     steps: int | None = None
     """Training steps. Default: 30000 on a GPU; on a CPU 500 for the demo (a few minutes on 2 cores)
     and 300 otherwise."""

@@ -51,9 +51,16 @@ def main(cfg: EvalConfig | None = None) -> int:
         background=data.background, lpips=lpips,
     )
 
+    from recon.methods import METHODS
+
+    method = METHODS[ckpt.get("method", train_cfg.method)](
+        train_cfg, steps=int(ckpt["step"]) or 1, scene_scale=data.scene_data.scene_scale(), device=device,
+        background=background,
+    )
+
     def render(view):
-        return scene.render(view.camera, background=background, sh_degree=train_cfg.sh_degree,
-                            settings=train_cfg.raster, backend=train_cfg.backend).image
+        with torch.no_grad():
+            return method.render(scene, view.camera)
 
     run_dir = run_dir_of(ckpt_path)
     out_dir = cfg.output or (run_dir / "eval")

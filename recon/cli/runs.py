@@ -32,7 +32,7 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 def load_run(target: Path, which: str = "best", device: str = "cpu"):
     """(scene, config, checkpoint payload) of a trained run."""
-    from recon.scenes import SCENES
+    from recon.methods import METHODS
 
     path = resolve_checkpoint(target, which)
     ckpt = load_checkpoint(path, map_location=device)
@@ -41,9 +41,9 @@ def load_run(target: Path, which: str = "best", device: str = "cpu"):
     except Exception as exc:
         raise InputError(path, f"checkpoint config is unreadable ({exc})") from None
     method = ckpt.get("method", cfg.method)
-    if method not in SCENES:
-        raise InputError(path, f"unknown method {method!r} (known: {', '.join(SCENES)})")
-    scene = SCENES[method].from_state_dict(ckpt["scene"]).to(device)
+    if method not in METHODS:
+        raise InputError(path, f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    scene = METHODS[method].scene_class.from_state_dict(ckpt["scene"]).to(device)
     return scene, cfg, ckpt, path
 
 

@@ -30,7 +30,8 @@ def main(cfg: TrainConfig | None = None) -> int:
     if ev:
         line += f", held-out PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}"
     console.print(line, highlight=False)
-    console.print(f"run folder: {summary['run_dir']}  (PLY: {summary['ply']})", highlight=False)
+    files = ", ".join(f"{kind}: {path}" for kind, path in summary["exports"].items())
+    console.print(f"run folder: {summary['run_dir']}  ({files})", highlight=False)
     return 0
 
 

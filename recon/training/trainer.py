@@ -1,9 +1,15 @@
-"""The training loop: small and readable; data, scene, strategy, checkpoints and eval plug in.
+"""The training loop: small and readable; data, method, checkpoints, eval and hooks plug in.
 
-One step: pick a view -> render -> photometric loss -> backward -> optimizer step -> densification
--> (periodic) checkpoint / evaluation. Everything the next step depends on (parameters, optimizer
-moments, densification statistics, RNG, step) is in the checkpoint, so a resumed run continues
-bit-for-bit where the killed one stopped (tested on the CPU path).
+One step: pick a view -> ``method.train_step`` (render, loss, backward, optimizer step, densification)
+-> (periodic) checkpoint / evaluation. The representation-specific half lives in ``recon.methods``.
+Everything the next step depends on (parameters, optimizer moments, method state, RNG, step) is in
+the checkpoint, so a resumed run continues bit-for-bit where the killed one stopped (tested on the
+CPU path).
+
+Hooks (``Trainer.hooks``, e.g. the live viewer) see the run at its start, after every step, after
+every evaluation and at the end. ``Trainer.lock`` is held while a step changes the scene, so another
+thread may render it between steps; setting ``Trainer.paused`` halts the loop between steps (paused
+time does not count as training time).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,10 +28,8 @@ import torch
 from recon.config import TrainConfig, dump_config_yaml
 from recon.errors import InputError
 from recon.eval.evaluate import describe_protocol, evaluate_views
-from recon.eval.metrics import psnr
 from recon.training import run_folder
 from recon.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from recon.training.losses import photometric_loss
 from recon.training.progress import TrainProgress
 from recon.utils.atomic import atomic_path, write_text_atomic
 
@@ -76,51 +81,34 @@ def prepare_data(cfg: TrainConfig, device: str, *, need_train_views: bool = True
     return PreparedData(scene_data, train_views, test_views, downscale, background)  # type: ignore[arg-type]
 
 
-def initial_scene(cfg: TrainConfig, data: PreparedData, device: str):
-    """Build the initial representation: from SfM points when available, else random in the bounds."""
-    from recon.scenes.gaussians import GaussianScene
+class TrainHook:
+    """Something that watches (or steers) a run; every method is optional. Called on the training thread."""
 
-    sd = data.scene_data
-    points, colors = sd.points, sd.point_colors
-    if cfg.init in ("auto", "points") and (points is None or len(points) == 0) and sd.source != "demo":
-        from recon.datasets.sfm import triangulate_known_poses
-
-        # 1000 px keeps SIFT + matching to minutes on a CPU; the GPU default matches 3DGS's 1600.
-        points, colors = triangulate_known_poses(
-            sd, max_image_size=1600 if device == "cuda" else 1000, progress=cfg.progress
-        )
-    if cfg.init == "points" and (points is None or len(points) == 0):
-        raise InputError(sd.root, "--init points was asked for, but the scene has no SfM points")
-    if cfg.init != "random" and points is not None and len(points) > 0:
-        scene = GaussianScene.from_points(
-            points, colors, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity
-        )
-    else:
-        bounds = sd.extras.get("demo", {}).get("bounds")
-        if bounds is None:  # a box around what the cameras look at
-            centers = sd.camera_centers()
-            mid = centers.mean(0)
-            r = sd.scene_scale()
-            bounds = [(mid - r).tolist(), (mid + r).tolist()]
-        scene = GaussianScene.random_in_bounds(
-            bounds[0], bounds[1], cfg.random_init_points, seed=cfg.seed,
-            sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
-        )
-    return scene.to(device)
+    def on_start(self, trainer: "Trainer") -> None: ...
+    def on_step(self, trainer: "Trainer", stats: dict[str, Any]) -> None: ...
+    def on_eval(self, trainer: "Trainer", results: dict[str, Any]) -> None: ...
+    def on_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None: ...
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, hooks: list[TrainHook] | None = None) -> None:
+        from recon.methods import METHODS
+
         self.cfg = cfg
         self.device = cfg.resolved_device()
         self.steps = cfg.resolved_steps(self.device)
         if self.steps < 1:
             raise InputError(None, f"--steps must be >= 1 (got {self.steps})")
-        # Compress the 3DGS schedules for short runs (see recon.config).
-        self.strategy = cfg.resolved_strategy(self.steps)
-        self.sh_interval = cfg.resolved_sh_interval(self.steps)
+        if cfg.method not in METHODS:
+            raise InputError(None, f"unknown --method {cfg.method!r} (known: {', '.join(METHODS)})")
+        self.method_class = METHODS[cfg.method]
         self.eval_every = cfg.eval_every or max(1, self.steps // 5)
         self.run_dir = run_folder.resolve_run_dir(cfg)
+        self.hooks: list[TrainHook] = list(hooks or [])
+        self.lock = threading.RLock()
+        self.paused = threading.Event()
+        self.last_stats: dict[str, Any] = {}
+        self.last_eval: dict[str, Any] | None = None
         self._lpips = None
 
     # --- setup --------------------------------------------------------------------------------
@@ -134,21 +122,21 @@ class Trainer:
         self.data = prepare_data(cfg, self.device)
         self.background = torch.tensor(self.data.background, dtype=torch.float32, device=self.device)
         self.scene_scale = self.data.scene_data.scene_scale()
-        self.optim = replace(cfg.optim, scene_scale=cfg.optim.scene_scale * self.scene_scale)
+        self.method = self.method_class(
+            cfg, steps=self.steps, scene_scale=self.scene_scale, device=self.device, background=self.background
+        )
         if resume_path is not None:
             self._resume(resume_path)
         else:
             torch.manual_seed(cfg.seed)
-            self.scene = initial_scene(cfg, self.data, self.device)
-            self.optimizers = self.scene.make_optimizers(self.optim)
-            self.strategy_state = self.strategy.initialize_state(
-                scene_scale=self.scene_scale, num_primitives=self.scene.num_primitives, device=self.device
-            )
+            self.scene = self.method.initial_scene(self.data)
+            self.optimizers = self.method.make_optimizers(self.scene)
+            self.state = self.method.initial_state(self.scene)
             self.step = 0
             self.best_psnr = -math.inf
             self.train_seconds = 0.0
             run_folder.create(self.run_dir, fresh=cfg.fresh)
-        self.strategy.check_sanity(self.scene.params, self.optimizers)
+        self.method.check(self.scene, self.optimizers)
         write_text_atomic(self.run_dir / "config.yml", dump_config_yaml(cfg))
         self.views_on_device = [self._to_device(v) for v in self.data.train_views]
 
@@ -156,14 +144,15 @@ class Trainer:
         return replace(view, image=view.image.to(self.device), mask=None if view.mask is None else view.mask.to(self.device))
 
     def _resume(self, path: Path) -> None:
-        from recon.scenes import SCENES
-
         ckpt = load_checkpoint(path, map_location=self.device)
-        self.scene = SCENES[self.cfg.method].from_state_dict(ckpt["scene"]).to(self.device)
-        self.optimizers = self.scene.make_optimizers(self.optim)
+        method = ckpt.get("method", "gaussians")
+        if method != self.cfg.method:
+            raise InputError(path, f"this run was trained with --method {method}, not {self.cfg.method} (use --fresh to start over)")
+        self.scene = self.method.load_scene(ckpt["scene"])
+        self.optimizers = self.method.make_optimizers(self.scene)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
-        self.strategy_state = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in ckpt["strategy_state"].items()}
+        self.state = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in ckpt["method_state"].items()}
         self.step = int(ckpt["step"])
         self.best_psnr = float(ckpt.get("best_psnr", -math.inf))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
@@ -178,32 +167,11 @@ class Trainer:
         return self.views_on_device[int(torch.randperm(n, generator=g)[pos])]
 
     def train_step(self, step: int) -> dict[str, Any]:
-        cfg = self.cfg
-        view = self.view_for_step(step)
-        sh_degree = min(cfg.sh_degree, step // self.sh_interval)
-        self.optim.apply_schedule(self.optimizers, step, self.steps)
-        out = self.scene.render(
-            view.camera, background=self.background, sh_degree=sh_degree, settings=cfg.raster, backend=cfg.backend
-        )
-        info = out.meta  # the scene's render adds width, height and n_cameras for the strategy
-        self.strategy.step_pre_backward(self.scene.params, self.optimizers, self.strategy_state, step, info)
-        loss, parts = photometric_loss(out.image, view.image, view.mask, cfg.ssim_lambda)
-        loss.backward()
-        for opt in self.optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        self.strategy.step_post_backward(self.scene.params, self.optimizers, self.strategy_state, step, info)
-        with torch.no_grad():
-            p = psnr(out.image.detach(), view.image, view.mask)
-        return {"loss": float(loss.detach()), "psnr": float(p), "l1": float(parts["l1"])}
+        return self.method.train_step(self.scene, self.optimizers, self.state, self.view_for_step(step), step)
 
     # --- evaluation and checkpoints -----------------------------------------------------------
     def render_view(self, view) -> torch.Tensor:
-        out = self.scene.render(
-            view.camera, background=self.background, sh_degree=self.cfg.sh_degree, settings=self.cfg.raster,
-            backend=self.cfg.backend,
-        )
-        return out.image
+        return self.method.render(self.scene, view.camera)
 
     def evaluate(self) -> dict[str, Any] | None:
         views = self.data.test_views
@@ -237,7 +205,7 @@ class Trainer:
             "scene": self.scene.state_dict(),
             "method": self.cfg.method,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "strategy_state": {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in self.strategy_state.items()},
+            "method_state": {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in self.state.items()},
             "rng": rng_state(),
             "best_psnr": self.best_psnr,
             "train_seconds": self.train_seconds,
@@ -251,31 +219,41 @@ class Trainer:
             with atomic_path(ckpt_dir / "best.pt") as tmp:
                 shutil.copyfile(ckpt_dir / "latest.pt", tmp)
 
-    def export(self) -> Path:
-        path = self.run_dir / "export" / "point_cloud.ply"
-        self.scene.export(path)
-        return path
+    def export(self) -> dict[str, Path]:
+        return self.method.export(self.scene, self.run_dir)
 
     # --- the loop -----------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         last_ckpt_time = time.monotonic()
         results: dict[str, Any] | None = None
+        for hook in self.hooks:
+            hook.on_start(self)
         with TrainProgress(total=self.steps, start=self.step, enabled=cfg.progress, device=self.device) as bar:
             while self.step < self.steps:
+                while self.paused.is_set():  # a viewer paused the run; paused time is not training time
+                    time.sleep(0.05)
                 t0 = time.perf_counter()
-                stats = self.train_step(self.step)
-                self.train_seconds += time.perf_counter() - t0
-                self.step += 1
+                with self.lock:
+                    stats = self.train_step(self.step)
+                    self.train_seconds += time.perf_counter() - t0
+                    self.step += 1
+                self.last_stats = stats
+                for hook in self.hooks:
+                    hook.on_step(self, stats)
                 bar.update(self.step, n=self.scene.num_primitives, psnr=stats["psnr"])
                 is_last = self.step == self.steps
                 if self.step % self.eval_every == 0 or is_last:
-                    results = self.evaluate()
+                    with self.lock:
+                        results = self.evaluate()
                     improved = results is not None and results["psnr"] > self.best_psnr
                     if improved:
                         self.best_psnr = results["psnr"]
                     if results is not None:
+                        self.last_eval = results
                         bar.log(f"step {self.step}: held-out PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.4f}")
+                        for hook in self.hooks:
+                            hook.on_eval(self, results)
                     self.save(best=improved or results is None)
                     last_ckpt_time = time.monotonic()
                 elif self.step % cfg.checkpoint_every == 0 or time.monotonic() - last_ckpt_time > cfg.checkpoint_seconds:
@@ -283,14 +261,17 @@ class Trainer:
                     last_ckpt_time = time.monotonic()
         if results is None and self.data.test_views:
             results = self.evaluate()
-        ply = self.export()
+        exports = self.export()
         summary = {
             "run_dir": str(self.run_dir),
+            "method": cfg.method,
             "steps": self.steps,
             "num_primitives": self.scene.num_primitives,
             "train_seconds": round(self.train_seconds, 2),
-            "ply": str(ply),
+            "exports": {kind: str(path) for kind, path in exports.items()},
             "eval": None if results is None else {k: results[k] for k in ("psnr", "ssim", "lpips")},
         }
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        for hook in self.hooks:
+            hook.on_end(self, summary)
         return summary
