@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/recon-train --data demo --output outputs/demo
 
-## The test suite (CPU). Real-data tests run when RECON_DATA points at the shared data folder.
+## The test suite (CPU). Real-data tests run when RECON_DATA points at the shared data folder; the
+## third-party clients it checks outputs with (browser, glTF validator, ...) are installed first.
 test: setup
+	bash scripts/install_test_clients.sh
 	$(PY) -m pytest -q
 
 ## The GPU suite, on a machine with an NVIDIA GPU.

@@ -46,3 +46,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def require_client(available: bool, what: str) -> None:
+    """Skip a test whose third-party client (browser, validator, Blender, ...) is missing, or fail it
+    when $RECON_REQUIRE_TEST_CLIENTS is set (CI: `scripts/install_test_clients.sh` must have run)."""
+    if available:
+        return
+    message = f"{what} is not installed (run scripts/install_test_clients.sh)"
+    if os.environ.get("RECON_REQUIRE_TEST_CLIENTS"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+JS_CLIENTS = pathlib.Path(__file__).resolve().parent / "js"
+
+
+def node_module(name: str) -> pathlib.Path:
+    """The installed npm package ``name`` under tests/js/node_modules (skip/fail via require_client)."""
+    import shutil
+
+    path = JS_CLIENTS / "node_modules" / name
+    require_client(path.is_dir() and shutil.which("node") is not None, f"npm package {name} (tests/js)")
+    return path
