@@ -11,19 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from recon.datasets.colmap import find_model_dir, load_colmap
+from recon.datasets.dtu_monosdf import is_dtu_folder, load_dtu_monosdf
 from recon.datasets.folder import NO_IMAGES, image_folder_of, scan_folder
 from recon.datasets.llff import load_llff
 from recon.datasets.nerf import find_transforms, load_nerf
 from recon.datasets.scene import SceneData
 from recon.errors import InputError
 
-FORMATS = ("demo", "nerf", "colmap", "llff", "folder", "video")
+FORMATS = ("demo", "nerf", "colmap", "llff", "dtu", "folder", "video")
 _COLMAP_FILES = {"cameras.bin", "cameras.txt", "images.bin", "images.txt", "points3D.bin", "points3D.txt"}
 
 
 def detect_format(path: str | Path) -> str:
-    """``"demo"``, ``"nerf"``, ``"colmap"``, ``"llff"``, ``"folder"`` (photos that need SfM) or
-    ``"video"`` (frames are extracted next to it, then SfM with sequential matching).
+    """``"demo"``, ``"nerf"``, ``"colmap"``, ``"llff"``, ``"dtu"`` (IDR / MonoSDF ``cameras.npz``),
+    ``"folder"`` (photos that need SfM) or ``"video"`` (frames are extracted next to it, then SfM with
+    sequential matching).
 
     Accepts the folder of a scene or one of its defining files (``transforms.json``,
     ``poses_bounds.npy``, a COLMAP ``cameras.bin``...). InputError when nothing usable is there."""
@@ -39,6 +41,8 @@ def detect_format(path: str | Path) -> str:
             return "llff"
         if p.name in _COLMAP_FILES:
             return "colmap"
+        if p.name == "cameras.npz":
+            return "dtu"
         from recon.datasets.video import is_video_file
 
         if is_video_file(p):
@@ -50,6 +54,8 @@ def detect_format(path: str | Path) -> str:
         return "colmap"
     if (p / "poses_bounds.npy").is_file():
         return "llff"
+    if is_dtu_folder(p):
+        return "dtu"
     if image_folder_of(p) is not None:
         return "folder"
     raise InputError(p, f"{NO_IMAGES}; nor a transforms.json, COLMAP model (sparse/0) or poses_bounds.npy")
@@ -84,6 +90,8 @@ def _load(path: str | Path) -> SceneData:
         return load_nerf(p)
     if fmt == "llff":
         return load_llff(p)
+    if fmt == "dtu":
+        return load_dtu_monosdf(p)
     if fmt == "colmap":
         return load_colmap(p.parent if p.is_file() else p)
     if fmt == "video":

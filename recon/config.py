@@ -12,6 +12,9 @@ import yaml
 from recon.rasterizers.types import RasterSettings
 from recon.scenes.gaussians import GaussianOptimConfig
 from recon.strategy.default import DefaultStrategy
+from recon.surfaces.config import SurfaceConfig
+from recon.methods.convexes import ConvexConfig
+from recon.methods.triangles import OpaqueTriangleConfig, TriangleConfig
 
 # The 3DGS schedules (densify from 500 to 15k, opacity reset every 3k, SH band every 1k) were tuned
 # for runs of 7k-30k steps. Shorter runs (CPU, demo, tests) compress them by steps / 7000.
@@ -29,7 +32,7 @@ class TrainConfig:
     """Photos folder, video, transforms.json, COLMAP model, LLFF folder, or 'demo' for the built-in scene."""
     output: Path | None = None
     """Run folder. Default: outputs/<scene name>. Re-running the same command resumes from it."""
-    method: Literal["gaussians"] = "gaussians"
+    method: Literal["gaussians", "surface", "convexes", "triangles", "opaque-triangles"] = "gaussians"
     """Scene representation (recon.methods.METHODS). The Gaussians' optimiser and densification are the
     `optim` and `strategy` sections below; every other method has a section named after it."""
     steps: int | None = None
@@ -66,12 +69,27 @@ class TrainConfig:
     optim: GaussianOptimConfig = field(default_factory=GaussianOptimConfig)
     strategy: DefaultStrategy = field(default_factory=DefaultStrategy)
     raster: RasterSettings = field(default_factory=RasterSettings)
+    surface: SurfaceConfig = field(default_factory=SurfaceConfig)
+    """NeuS-style neural surface on a hash grid (--method surface)."""
+    convexes: ConvexConfig = field(default_factory=ConvexConfig)
+    """3D smooth convexes (--method convexes)."""
+    triangles: TriangleConfig = field(default_factory=TriangleConfig)
+    """Triangle Splatting, a soup of triangle splats (--method triangles)."""
+    opaque_triangles: OpaqueTriangleConfig = field(default_factory=OpaqueTriangleConfig)
+    """Opaque, connected triangles that train into a mesh, as Triangle Splatting+ (--method opaque-triangles)."""
     compress_schedules: bool = True
     """For runs shorter than 7000 steps, compress the densification and SH schedules by steps / 7000
     (with floors); off = use the strategy's step numbers exactly as given."""
     progress: bool = True
     """Show a live progress bar (disable for logs)."""
     save_eval_renders: bool = True
+    viewer: bool = False
+    """Watch training live in the browser (viser); the viewer stays up after training until Ctrl-C."""
+    viewer_port: int = 8080
+    """Viewer port (the next free one is used when it is taken; the printed URL is the real one)."""
+    viewer_host: str = "127.0.0.1"
+    """Viewer address. The default keeps it on this machine (reach it from elsewhere with ssh -L);
+    0.0.0.0 lets anyone on the network connect."""
 
     # --- resolution of defaults -----------------------------------------------------------------
     def resolved_device(self) -> str:
@@ -131,7 +149,8 @@ def dump_config_yaml(cfg: Any) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-_NESTED_CONFIGS = {"optim": GaussianOptimConfig, "strategy": DefaultStrategy, "raster": RasterSettings}
+_NESTED_CONFIGS = {"optim": GaussianOptimConfig, "strategy": DefaultStrategy, "raster": RasterSettings, "surface": SurfaceConfig, "convexes": ConvexConfig,
+                   "triangles": TriangleConfig, "opaque_triangles": OpaqueTriangleConfig}
 
 
 def train_config_from_dict(d: dict) -> TrainConfig:
@@ -145,8 +164,9 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         for key, value in values.items():
             if key not in names:
                 raise ValueError(f"unknown config key {key!r} for {cls.__name__}")
-            if cls is TrainConfig and key in _NESTED_CONFIGS:
-                value = build(_NESTED_CONFIGS[key], value)
+            nested = _NESTED_CONFIGS if cls is TrainConfig else getattr(cls, "NESTED", {})
+            if key in nested:
+                value = build(nested[key], value)
             elif isinstance(value, list):
                 value = tuple(value)
             elif key == "output" and value is not None:

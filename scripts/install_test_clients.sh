@@ -36,3 +36,12 @@ if command -v npm >/dev/null; then
 else
   echo "warning: npm not found; the glTF validator and browser splat viewer tests will skip" >&2
 fi
+
+# Blender as a Python module, for the GLB import tests. bpy pins numpy<2 (recon uses numpy 2), so it
+# goes into its own folder and tests import it only in a child interpreter (tests/clients.py).
+PYTHON_BIN="${PYTHON_BIN:-.venv/bin/python}"
+BPY_DIR="${RECON_BPY_PATH:-.venv/clients/bpy}"
+if [ -x "$PYTHON_BIN" ] && [ ! -d "$BPY_DIR/bpy" ]; then
+  echo "installing bpy==4.5.4 into $BPY_DIR"
+  "$PYTHON_BIN" -m pip install -q --target "$BPY_DIR" "bpy==4.5.4"
+fi

@@ -18,6 +18,11 @@ the pixel; that is the same result whenever ``opacity * w < alpha_min`` outside 
 Gaussian projection guarantees (opacity-aware extent). Other primitives must either guarantee it
 too or test the rect per pixel.
 
+Per-pixel colour hook (triangles of Triangle Splatting+, notes a.6): with ``color_weights`` (a callable
+``(records [..., R], pixels [..., 2]) -> [..., V]``), ``colors`` is ``[N, V, C]`` and the colour of a sample
+is ``sum_v color_weights(record, p)_v * colors[k, v]`` (step 4 uses it in place of ``c``); without it
+``colors`` is ``[N, C]`` and nothing changes.
+
 Gradients flow to ``records``, ``opacities``, ``colors``, ``depths`` (as values: through ``D`` only)
 and ``background``; ``alpha_max`` clamping zeroes the gradient of the clamped sample's ``o`` and
 ``w`` (as in CUDA), while its colour and transmittance still get theirs.
@@ -74,17 +79,19 @@ def pixel_centers(pixel_ids: torch.Tensor, width: int, offset: float, dtype: tor
     return torch.stack([x, y], dim=-1)
 
 
-def _check(records, opacities, colors, depths, rects, background) -> None:
+def _check(records, opacities, colors, depths, rects, background, color_weights=None) -> None:
     n = records.shape[0]
     if records.dim() != 2:
         raise ValueError(f"records must be [N, R], got {tuple(records.shape)}")
     for name, t, shape in (("opacities", opacities, (n,)), ("depths", depths, (n,)), ("rects", rects, (n, 4))):
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must be {list(shape)}, got {list(t.shape)}")
-    if colors.dim() != 2 or colors.shape[0] != n:
-        raise ValueError(f"colors must be [N, C] with N={n}, got {tuple(colors.shape)}")
-    if background is not None and tuple(background.shape) != (colors.shape[1],):
-        raise ValueError(f"background must be [C]={colors.shape[1]}, got {tuple(background.shape)}")
+    want = 3 if color_weights is not None else 2
+    if colors.dim() != want or colors.shape[0] != n:
+        layout = "[N, V, C]" if color_weights is not None else "[N, C]"
+        raise ValueError(f"colors must be {layout} with N={n}, got {tuple(colors.shape)}")
+    if background is not None and tuple(background.shape) != (colors.shape[-1],):
+        raise ValueError(f"background must be [C]={colors.shape[-1]}, got {tuple(background.shape)}")
 
 
 def composite(
@@ -103,20 +110,25 @@ def composite(
     mode: str = "tiled",
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     bin_size: int | None = None,
+    color_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> CompositeResult:
     """Composite N primitives (records [N,R], opacities [N], colors [N,C], depths [N], rects [N,4]).
 
     See the module docstring for the exact semantics. ``mode`` is ``"tiled"`` (default, bounded
     memory, the CPU training path) or ``"dense"`` (brute force oracle). ``chunk_elements`` bounds the
     size of the padded ``[bins, kmax, bin_size^2]`` block pass 1 of the tiled mode holds at once;
-    ``bin_size`` (default 8) is the bin edge of that pass. Neither changes the result.
+    ``bin_size`` (default 8) is the bin edge of that pass. Neither changes the result. ``color_weights``:
+    the per-pixel colour hook (module docstring; ``colors`` is then ``[N, V, C]``).
     """
-    _check(records, opacities, colors, depths, rects, background)
+    _check(records, opacities, colors, depths, rects, background, color_weights)
     if mode == "dense":
-        return _composite_dense(footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth)
+        return _composite_dense(
+            footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth, color_weights
+        )
     if mode == "tiled":
         return _composite_tiled(
-            footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth, chunk_elements, bin_size
+            footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth, chunk_elements, bin_size,
+            color_weights,
         )
     raise ValueError(f"mode must be 'tiled' or 'dense', got {mode!r}")
 
@@ -142,7 +154,9 @@ def _finish(
     return CompositeResult(image, alpha, depth, max_weight, contrib_count, n_contrib)
 
 
-def _composite_dense(footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth):
+def _composite_dense(
+    footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth, color_weights=None
+):
     device, dtype = records.device, records.dtype
     n = records.shape[0]
     p_count = width * height
@@ -168,7 +182,11 @@ def _composite_dense(footprint, records, opacities, colors, depths, rects, width
     t_excl = torch.cat([torch.ones(p_count, 1, dtype=dtype, device=device), t_incl[:, :-1]], dim=1)
     weights = a_eff * t_excl  # [P, S]
     t_end = t_incl[:, -1] if cand.numel() else torch.ones(p_count, dtype=dtype, device=device)
-    color_sum = weights @ colors[cand].to(dtype)
+    if color_weights is None:
+        color_sum = weights @ colors[cand].to(dtype)
+    else:  # per-pixel colour: sum_v b_v(p) c_v
+        bw = color_weights(records[cand][None, :, :], pixels[:, None, :])  # [P, S, V]
+        color_sum = torch.einsum("ps,psv,svc->pc", weights, bw, colors[cand].to(dtype))
     depth_sum = weights @ depths[cand].to(dtype) if render_depth else None
     pix_idx, k_idx = torch.nonzero(contrib, as_tuple=True)
     return _finish(
@@ -192,7 +210,8 @@ def _exclusive_log_transmittance(log1m_alpha: torch.Tensor, starts: torch.Tensor
 
 
 def _composite_tiled(
-    footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth, chunk_elements, bin_size
+    footprint, records, opacities, colors, depths, rects, width, height, background, settings, render_depth, chunk_elements, bin_size,
+    color_weights=None,
 ):
     device, dtype = records.device, records.dtype
     n = records.shape[0]
@@ -251,8 +270,11 @@ def _composite_tiled(
     la = torch.log1p(-alpha.to(torch.float64))
     t = torch.exp(_exclusive_log_transmittance(la, starts)).to(dtype)
     weights = alpha * t
-    color_sum = torch.zeros(p_count, colors.shape[1], dtype=dtype, device=device).index_add(
-        0, pix_c, weights[:, None] * colors[prim_c].to(dtype)
+    pair_colors = colors[prim_c].to(dtype)
+    if color_weights is not None:  # per-pixel colour: sum_v b_v(p) c_v
+        pair_colors = (color_weights(records[prim_c], pixels)[..., None] * pair_colors).sum(1)
+    color_sum = torch.zeros(p_count, colors.shape[-1], dtype=dtype, device=device).index_add(
+        0, pix_c, weights[:, None] * pair_colors
     )
     log_t_end = torch.zeros(p_count, dtype=torch.float64, device=device).index_add(0, pix_c, la)
     t_end = torch.exp(log_t_end).to(dtype)

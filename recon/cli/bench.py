@@ -45,6 +45,13 @@ class RasterBench:
     """Folder holding gsplat_garden/ (default: $RECON_DATA)."""
     out: Path | None = None
     """Write results.json and results.md here."""
+    convexes: bool = False
+    """Also time recon's 3D convexes on the anchors.md convex frame for each synthetic count (sharp and soft
+    edges; recon.bench_convex), against recon's Gaussians in this run and the recorded official 3DCS numbers."""
+    triangles: bool = False
+    """Also time recon's triangle splats on the anchors.md triangle frame for each synthetic count (and the 2x
+    larger triangles where anchors.md has them; recon.bench_triangle), against recon's Gaussians in this run
+    and the recorded official Triangle Splatting numbers."""
 
 
 VARIANTS = {
@@ -265,7 +272,26 @@ def run_raster(cfg: RasterBench) -> int:
             _profile(tensors, viewmats, Ks, w, h, cfg)
         del tensors
         torch.cuda.empty_cache()
+        if cfg.convexes and scene != "garden":  # after the Gaussians are freed: peak memory is the convexes' own
+            from recon.bench_convex import convex_rows
+
+            rows += convex_rows(_parse_count(scene), cfg, [r for r in rows if r["scene"] == label])
+        if cfg.triangles and scene != "garden":
+            from recon.bench_triangle import triangle_rows
+
+            rows += triangle_rows(_parse_count(scene), cfg, [r for r in rows if r["scene"] == label])
     md = _markdown(info, rows)
+    if cfg.convexes:
+        from recon.bench_convex import convex_markdown
+
+        md += "\nConvexes (anchors.md frame; the 3DCS columns divide by numbers recorded in anchors.md, not measured here):\n\n"
+        md += convex_markdown(rows)
+    if cfg.triangles:
+        from recon.bench_triangle import triangle_markdown
+
+        md += ("\nTriangles (anchors.md frame; the TS columns divide by the official Triangle Splatting numbers recorded "
+               "in anchors.md, not measured here):\n\n")  # fmt: skip
+        md += triangle_markdown(rows)
     print(md)
     if cfg.out is not None:
         cfg.out.mkdir(parents=True, exist_ok=True)
@@ -315,9 +341,13 @@ def _markdown(info: dict, rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
-    cmd = tyro.extras.subcommand_cli_from_dict({"raster": RasterBench}, args=argv, prog="recon-bench")
+    from recon.cli.bench_hashgrid import HashGridBench, run_hashgrid
+
+    cmd = tyro.extras.subcommand_cli_from_dict({"raster": RasterBench, "hashgrid": HashGridBench}, args=argv, prog="recon-bench")
     if isinstance(cmd, RasterBench):
         return run_raster(cmd)
+    if isinstance(cmd, HashGridBench):
+        return run_hashgrid(cmd)
     raise InputError(None, f"unknown benchmark {cmd!r}")
 
 

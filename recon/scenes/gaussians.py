@@ -234,6 +234,16 @@ class GaussianScene(SceneModel):
         degree = math.isqrt(params["shN"].shape[1] + 1) - 1
         return cls({k: v.to(device) for k, v in params.items()}, sh_degree=degree)
 
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "GaussianScene":
+        """Gaussians from any splat file recon reads (3DGS PLY, SuperSplat compressed PLY, SPZ, .splat,
+        glTF ``KHR_gaussian_splatting``; detected from the content), in recon's world frame."""
+        from recon.export.formats import read_splats
+
+        params = read_splats(path)
+        degree = math.isqrt(params["shN"].shape[1] + 1) - 1
+        return cls({k: v.to(device) for k, v in params.items()}, sh_degree=degree)
+
     # --- SceneModel -------------------------------------------------------------------------------
     @property
     def num_primitives(self) -> int:

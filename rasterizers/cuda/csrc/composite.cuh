@@ -8,8 +8,19 @@
 #pragma once
 #include <cuda_runtime.h>
 #include <cstdint>
+#include <type_traits>
 
 namespace recon {
+
+// Per-pixel colour hook (policy trait). A policy that declares `static constexpr int kColorVerts = V` (V > 1)
+// takes colours [I, N, V, C] and provides color_weights(rec, cache, b[V]) and
+// color_weights_vjp(rec, px, py, cache, v_b[V], v_rec): the colour of a sample is sum_v b_v c_v (Triangle
+// Splatting+ barycentric colours). Policies without it (Gaussian, convex) have one colour per primitive and
+// compile, through `if constexpr`, to exactly the code they had before the hook existed.
+template <class P, class = void>
+struct ColorVerts { static constexpr int value = 1; };
+template <class P>
+struct ColorVerts<P, std::void_t<decltype(P::kColorVerts)>> { static constexpr int value = P::kColorVerts; };
 
 struct CompositeParams {
     int I, N;                   // images, primitives per image
@@ -77,9 +88,23 @@ __global__ void composite_fwd_kernel(CompositeParams p, const float* __restrict_
             if (next_T <= p.t_min) { done = true; break; }  // exclusive stop (gsplat semantics)
             const float vis = alpha * T;
             const int g = s_id[t];
-            const float* c = colors + (int64_t)g * C;
+            if constexpr (ColorVerts<P>::value == 1) {
+                const float* c = colors + (int64_t)g * C;
 #pragma unroll
-            for (int k = 0; k < C; ++k) acc[k] += c[k] * vis;
+                for (int k = 0; k < C; ++k) acc[k] += c[k] * vis;
+            } else {
+                constexpr int V = ColorVerts<P>::value;
+                float bw[V];
+                P::color_weights(s_rec + t * P::R, cache, bw);
+                const float* c = colors + (int64_t)g * V * C;
+#pragma unroll
+                for (int k = 0; k < C; ++k) {
+                    float ck = 0.f;
+#pragma unroll
+                    for (int v = 0; v < V; ++v) ck += bw[v] * c[v * C + k];
+                    acc[k] += ck * vis;
+                }
+            }
             if (max_weight != nullptr) atomicMax(reinterpret_cast<int*>(max_weight) + g, __float_as_int(vis));
             cur_idx = batch_start + t;
             ++count;
@@ -137,7 +162,7 @@ struct WarpReduceScatter {
 // from T_end and keeping the suffix S = sum_{j>k} c_j alpha_j T_j (rasterizers.md a.2 step 6).
 // Gradients to records [I,N,R], opacities [I,N] and colours [I,N,C] (all must be zero-initialised).
 // ------------------------------------------------------------------------------------------------
-template <class P, int C>
+template <class P, int C, int CV = ColorVerts<P>::value>
 __global__ void composite_bwd_kernel(CompositeParams p, const float* __restrict__ records, const float* __restrict__ opacities,
                                      const float* __restrict__ colors, const float* __restrict__ background,
                                      const int32_t* __restrict__ tile_offsets, const int32_t* __restrict__ flatten_ids,
@@ -194,7 +219,7 @@ __global__ void composite_bwd_kernel(CompositeParams p, const float* __restrict_
 #pragma unroll
             for (int r = 0; r < P::R; ++r) s_rec[tr * P::R + r] = records[(int64_t)g * P::R + r];
 #pragma unroll
-            for (int k = 0; k < C; ++k) s_col[tr * C + k] = colors[(int64_t)g * C + k];
+            for (int k = 0; k < C * CV; ++k) s_col[tr * C * CV + k] = colors[(int64_t)g * C * CV + k];
         }
         __syncthreads();
         // skip entries behind every lane's last contributor (warp-uniform start)
@@ -212,40 +237,67 @@ __global__ void composite_bwd_kernel(CompositeParams p, const float* __restrict_
                 }
             }
             if (!__any_sync(0xffffffffu, valid)) continue;
-            float v_rec[P::R], v_c[C];
+            float v_rec[P::R], v_c[C * CV];
             float v_op = 0.f;
 #pragma unroll
             for (int r = 0; r < P::R; ++r) v_rec[r] = 0.f;
 #pragma unroll
-            for (int k = 0; k < C; ++k) v_c[k] = 0.f;
+            for (int k = 0; k < C * CV; ++k) v_c[k] = 0.f;
             if (valid) {
                 const float ra = 1.f / (1.f - alpha);
                 T *= ra;
                 const float fac = alpha * T;
                 float v_alpha = 0.f;
-                const float* c = s_col + t * C;
+                if constexpr (CV == 1) {
+                    const float* c = s_col + t * C;
 #pragma unroll
-                for (int k = 0; k < C; ++k) {
-                    v_c[k] = fac * v_C[k];
-                    v_alpha += (c[k] * T - S[k] * ra) * v_C[k];
-                }
-                v_alpha += T_final * ra * (v_A - bg_dot);
-                if (op * w <= p.alpha_max) {
-                    v_op = w * v_alpha;
-                    P::vjp(rec, px, py, cache, w, op * v_alpha, v_rec);
-                }
+                    for (int k = 0; k < C; ++k) {
+                        v_c[k] = fac * v_C[k];
+                        v_alpha += (c[k] * T - S[k] * ra) * v_C[k];
+                    }
+                    v_alpha += T_final * ra * (v_A - bg_dot);
+                    if (op * w <= p.alpha_max) {
+                        v_op = w * v_alpha;
+                        P::vjp(rec, px, py, cache, w, op * v_alpha, v_rec);
+                    }
 #pragma unroll
-                for (int k = 0; k < C; ++k) S[k] += c[k] * fac;
+                    for (int k = 0; k < C; ++k) S[k] += c[k] * fac;
+                } else {
+                    // colour at this pixel = sum_v b_v c_v; its gradient reaches c_v and, through b, the record
+                    const float* c = s_col + t * C * CV;
+                    float bw[CV], v_bw[CV];
+                    P::color_weights(rec, cache, bw);
+#pragma unroll
+                    for (int v = 0; v < CV; ++v) v_bw[v] = 0.f;
+#pragma unroll
+                    for (int k = 0; k < C; ++k) {
+                        float ck = 0.f;
+#pragma unroll
+                        for (int v = 0; v < CV; ++v) {
+                            ck += bw[v] * c[v * C + k];
+                            v_c[v * C + k] = bw[v] * fac * v_C[k];
+                            v_bw[v] += c[v * C + k] * fac * v_C[k];
+                        }
+                        v_alpha += (ck * T - S[k] * ra) * v_C[k];
+                        S[k] += ck * fac;
+                    }
+                    v_alpha += T_final * ra * (v_A - bg_dot);
+                    if (op * w <= p.alpha_max) {
+                        v_op = w * v_alpha;
+                        P::vjp(rec, px, py, cache, w, op * v_alpha, v_rec);
+                    }
+                    P::color_weights_vjp(rec, px, py, cache, v_bw, v_rec);
+                }
             }
             // one reduce-scatter over all F gradient fields, then up to F lanes issue one atomic each
-            constexpr int F = P::R + 1 + C;
+            constexpr int F = P::R + 1 + C * CV;
             constexpr int NP = next_pow2(F);
             float vals[NP];
 #pragma unroll
             for (int r = 0; r < P::R; ++r) vals[r] = v_rec[r];
             vals[P::R] = v_op;
 #pragma unroll
-            for (int k = 0; k < C; ++k) vals[P::R + 1 + k] = v_c[k];
+            for (int k = 0; k < C * CV; ++k) vals[P::R + 1 + k] = v_c[k];
 #pragma unroll
             for (int f = F; f < NP; ++f) vals[f] = 0.f;
             WarpReduceScatter<NP, 16>::run(vals, lane);
@@ -253,7 +305,7 @@ __global__ void composite_bwd_kernel(CompositeParams p, const float* __restrict_
             auto emit = [&](int f, float v) {
                 if (f < P::R) atomicAdd(v_records + g * P::R + f, v);
                 else if (f == P::R) atomicAdd(v_opacities + g, v);
-                else if (f < F) atomicAdd(v_colors + g * C + (f - P::R - 1), v);
+                else if (f < F) atomicAdd(v_colors + g * C * CV + (f - P::R - 1), v);
             };
             if constexpr (NP <= 32) {
                 constexpr int SH = 5 - ilog2(NP);  // 2^SH lanes hold each total

@@ -8,8 +8,13 @@ static void launch_bwd(const CompositeParams& p, const at::Tensor& records, cons
                        const at::Tensor& background, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
                        const at::Tensor& render_alphas, const at::Tensor& last_ids, const at::Tensor& v_colors_img,
                        const at::Tensor& v_alphas_img, at::Tensor& v_records, at::Tensor& v_opacities, at::Tensor& v_colors) {
+    constexpr int CV = ColorVerts<P>::value;  // colours per primitive (per-pixel colour hook, composite.cuh)
+    if constexpr (CV > 1 && C > 8) {
+        TORCH_CHECK(false, "per-vertex colours support at most 8 channels, got ", C);  // not instantiated: compile time
+    } else {
+    TORCH_CHECK(colors.numel() == (int64_t)p.I * p.N * CV * C, "colors must be [I, N", (CV > 1 ? ", V" : ""), ", C]");
     dim3 block(p.tile, p.tile, 1), grid(p.tiles_x, p.tiles_y, p.I);
-    size_t smem = (size_t)p.tile * p.tile * (sizeof(int32_t) + sizeof(float) * (1 + P::R + C));
+    size_t smem = (size_t)p.tile * p.tile * (sizeof(int32_t) + sizeof(float) * (1 + P::R + C * CV));
     auto kernel = composite_bwd_kernel<P, C>;
     set_smem(kernel, smem);
     if (grid.x * grid.y * grid.z == 0) return;
@@ -20,6 +25,7 @@ static void launch_bwd(const CompositeParams& p, const at::Tensor& records, cons
         v_colors_img.data_ptr<float>(), v_alphas_img.data_ptr<float>(), v_records.data_ptr<float>(), v_opacities.data_ptr<float>(),
         v_colors.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
 }
 
 std::vector<at::Tensor> composite_bwd(int64_t footprint, const at::Tensor& records, const at::Tensor& opacities,

@@ -8,6 +8,11 @@ static void launch_fwd(const CompositeParams& p, const at::Tensor& records, cons
                        const at::Tensor& background, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
                        at::Tensor& out_colors, at::Tensor& out_alphas, at::Tensor& last_ids, at::Tensor& n_contrib,
                        at::Tensor& max_weight) {
+    constexpr int CV = ColorVerts<P>::value;  // colours per primitive (per-pixel colour hook, composite.cuh)
+    if constexpr (CV > 1 && C > 8) {
+        TORCH_CHECK(false, "per-vertex colours support at most 8 channels, got ", C);  // not instantiated: compile time
+    } else {
+    TORCH_CHECK(colors.numel() == (int64_t)p.I * p.N * CV * C, "colors must be [I, N", (CV > 1 ? ", V" : ""), ", C]");
     dim3 block(p.tile, p.tile, 1), grid(p.tiles_x, p.tiles_y, p.I);
     size_t smem = (size_t)p.tile * p.tile * (sizeof(int32_t) + sizeof(float) * (1 + P::R));
     auto kernel = composite_fwd_kernel<P, C>;
@@ -20,6 +25,7 @@ static void launch_fwd(const CompositeParams& p, const at::Tensor& records, cons
         n_contrib.data_ptr<int32_t>(),
         max_weight.numel() ? max_weight.data_ptr<float>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
 }
 
 std::vector<at::Tensor> composite_fwd(int64_t footprint, const at::Tensor& records, const at::Tensor& opacities,
