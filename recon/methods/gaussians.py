@@ -40,6 +40,20 @@ def random_init_bounds(data: Any) -> tuple[list[float], list[float]]:
     return bounds[0], bounds[1]
 
 
+def points_or_random(cfg: Any, data: Any, device: str, n_random: int):
+    """:func:`initial_points`, or ``n_random`` points with random colours in :func:`random_init_bounds`
+    (seeded by ``cfg.seed``) when the method should start random."""
+    points, colors = initial_points(cfg, data, device)
+    if points is None:
+        import numpy as np
+
+        lo, hi = (np.asarray(b, dtype=np.float64) for b in random_init_bounds(data))
+        rng = np.random.default_rng(cfg.seed)
+        points = lo + (hi - lo) * rng.random((int(n_random), 3))
+        colors = rng.random((int(n_random), 3))
+    return points, colors
+
+
 class GaussianMethod(SplatMethod):
     name = "gaussians"
     scene_class = GaussianScene

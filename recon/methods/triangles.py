@@ -25,7 +25,7 @@ import torch
 
 from recon.eval.metrics import psnr
 from recon.methods.base import SplatMethod
-from recon.methods.gaussians import initial_points, random_init_bounds
+from recon.methods.gaussians import points_or_random
 from recon.rasterizers.reference.triangle import TriangleSettings
 from recon.scenes.triangles import OpaqueTriangleScene, TriangleScene
 from recon.strategy.base import Strategy
@@ -157,14 +157,7 @@ class TriangleMethod(SplatMethod):
 
     def initial_scene(self, data):
         cfg, t = self.cfg, self.tcfg
-        points, colors = initial_points(cfg, data, self.device)
-        if points is None:
-            import numpy as np
-
-            lo, hi = random_init_bounds(data)
-            rng = np.random.default_rng(cfg.seed)
-            points = np.asarray(lo) + (np.asarray(hi) - np.asarray(lo)) * rng.random((t.random_init_points, 3))
-            colors = rng.random((t.random_init_points, 3))
+        points, colors = points_or_random(cfg, data, self.device, t.random_init_points)
         scene = TriangleScene.from_points(
             points, colors, sh_degree=cfg.sh_degree, init_opacity=t.init_opacity, init_sigma=t.init_sigma,
             init_size=t.init_size, seed=cfg.seed, triangle_settings=self.settings(),
@@ -218,14 +211,7 @@ class OpaqueTriangleMethod(SplatMethod):
 
     def initial_scene(self, data):
         cfg, t = self.cfg, self.tcfg
-        points, colors = initial_points(cfg, data, self.device)
-        if points is None:
-            import numpy as np
-
-            lo, hi = random_init_bounds(data)
-            rng = np.random.default_rng(cfg.seed)
-            points = np.asarray(lo) + (np.asarray(hi) - np.asarray(lo)) * rng.random((t.random_init_points, 3))
-            colors = rng.random((t.random_init_points, 3))
+        points, colors = points_or_random(cfg, data, self.device, t.random_init_points)
         scene = OpaqueTriangleScene.from_points(
             points, colors, sh_degree=cfg.sh_degree, init_weight=t.init_weight, max_edge_factor=t.max_edge_factor,
             max_faces=t.max_init_faces, seed=cfg.seed, triangle_settings=self.settings(),
