@@ -19,7 +19,7 @@ Stages (each a public op; formulas in ``shared/notes/rasterizers.md`` a.4 and
 
 from __future__ import annotations
 
-import warnings
+
 from typing import NamedTuple
 
 import torch
@@ -28,6 +28,7 @@ from torch import Tensor
 from .gaussians import gaussian_colors
 from .reference.composite import composite
 from .reference.convex import CONVEX_MAX_POINTS, CONVEX_RECORD_SIZE, DEPTH_LAWS, convex_footprint, project_convexes
+from .backend import choose_backend
 from .types import RasterSettings, RenderOutput
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
     "convex_footprint_id",
 ]
 
-_cuda_reason: str | None = None
-_warned = False
 
 
 def _check_inputs(points, deltas, sigmas, opacities, depth_law):
@@ -188,39 +187,17 @@ def render_convexes_cuda(
     may be [I, 4, 4] with ``K`` [I, 3, 3] for batched cameras, outputs then carry a leading I)."""
     from .cuda import ops as cops
 
-    batched = viewmat.dim() == 3
-    viewmats = (viewmat if batched else viewmat[None]).to(device=points.device, dtype=torch.float32)
-    Ks = (K if batched else K[None]).to(device=points.device, dtype=torch.float32)
+    viewmats, Ks, batched = cops.batch_cameras(viewmat, K, points.device)
     I = viewmats.shape[0]
     proj = project_convexes_cuda(points, deltas, sigmas, opacities, viewmats, Ks, width, height, settings, depth_law=depth_law)
-    centroids = points.mean(1)
-    if sh_degree is None:
-        if colors.dim() != 2:
-            raise ValueError(f"colors must be [N, C] when sh_degree is None, got {tuple(colors.shape)}")
-        feats = colors.float()[None].expand(I, -1, -1)
-    else:
-        if colors.dim() != 3:
-            raise ValueError(f"colors must be SH coefficients [N, K, 3] when sh_degree is set, got {tuple(colors.shape)}")
-        feats = cops.spherical_harmonics(sh_degree, centroids, colors, viewmats, proj.radii)
-    c = feats.shape[-1]
-    rast_colors = torch.cat([feats, proj.depths[..., None]], dim=-1) if render_depth else feats
-    bg = None
-    if background is not None:
-        bg = background.to(device=points.device, dtype=torch.float32)
-        bg = bg[None].expand(I, -1) if bg.dim() == 1 else bg
-        if render_depth:
-            bg = torch.cat([bg, bg.new_zeros(I, 1)], dim=-1)
-    fid = convex_footprint_id()
+    feats = cops.camera_features(colors, sh_degree, points.mean(1), viewmats, proj.radii)
     opac = opacities.float()[None].expand(I, -1)
-    bins = cops.intersect_tiles(proj.records, proj.depths, proj.rects, opac, width, height, settings, footprint=fid,
-                                exact=exact_tiles)  # fmt: skip
     means2d = proj.means2d if batched else proj.means2d[0]
-    image, alpha, last_ids, n_contrib, max_weight = cops.rasterize(
-        proj.records, opac, rast_colors.contiguous(), bins, width, height, settings, background=bg, footprint=fid,
-        max_weight=return_max_weight, means2d=means2d,
+    image, alpha, depth, last_ids, n_contrib, max_weight, bins = cops.composite_features(
+        proj.records, proj.depths, proj.rects, opac, feats, width, height, settings, footprint=convex_footprint_id(),
+        background=background, depth_feature=proj.depths[..., None] if render_depth else None,
+        return_max_weight=return_max_weight, means2d=means2d, exact_tiles=exact_tiles,
     )  # fmt: skip
-    depth = image[..., c : c + 1] if render_depth else None
-    image = image[..., :c]
 
     def one(t):
         return t if batched or t is None else t[0]
@@ -246,22 +223,6 @@ def render_convexes_cuda(
     if max_weight is not None:
         meta["max_weight"] = max_weight.amax(dim=0) if not batched else max_weight
     return RenderOutput(image=one(image), alpha=one(alpha), depth=one(depth), meta=meta)
-
-
-def _load_cuda() -> bool:
-    global _cuda_reason
-    if _cuda_reason is not None:
-        return False
-    try:
-        from . import cuda as cuda_mod
-
-        if not cuda_mod.is_available():
-            raise RuntimeError(f"recon CUDA core unavailable ({cuda_mod.unavailable_reason()})")
-        convex_footprint_id()
-        return True
-    except Exception as exc:  # noqa: BLE001 - any failure to load means "use the reference"
-        _cuda_reason = f"{type(exc).__name__}: {exc}"
-        return False
 
 
 def render_convexes(
@@ -297,17 +258,8 @@ def render_convexes(
     ``n_contrib``, ``width``, ``height``, ``tile_size``, ``backend``; the reference adds ``max_weight`` and
     ``contrib_count``, CUDA ``n_isects`` and ``last_ids``.
     """
-    if backend not in ("auto", "reference", "cuda"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'cuda', got {backend!r}")
     args = (points, deltas, sigmas, opacities, colors, viewmat, K, width, height)
     kwargs = dict(sh_degree=sh_degree, background=background, settings=settings, render_depth=render_depth, depth_law=depth_law)
-    if backend == "cuda" or (backend == "auto" and points.is_cuda):
-        if _load_cuda():
-            return render_convexes_cuda(*args, **kwargs)
-        if backend == "cuda":
-            raise RuntimeError(f"CUDA rasterizer unavailable ({_cuda_reason})")
-        global _warned
-        if not _warned:
-            _warned = True
-            warnings.warn(f"CUDA rasterizer unavailable ({_cuda_reason}); using the PyTorch reference", stacklevel=2)
+    if choose_backend(backend, points.is_cuda, "ConvexFootprint") == "cuda":
+        return render_convexes_cuda(*args, **kwargs)
     return render_convexes_reference(*args, **kwargs)

@@ -17,7 +17,7 @@ live on a CUDA device and the CUDA backend loads; nothing is ever compiled for C
 
 from __future__ import annotations
 
-import warnings
+
 
 import torch
 
@@ -25,12 +25,11 @@ from .reference.composite import composite
 from .reference.footprints import gaussian_footprint
 from .reference.projection import camera_center, project_gaussians
 from .reference.sh import eval_sh
+from .backend import choose_backend
 from .types import RasterSettings, RenderOutput
 
 __all__ = ["render_gaussians", "render_gaussians_reference", "gaussian_colors"]
 
-_cuda_unavailable_reason: str | None = None
-_warned_fallback = False
 
 
 def gaussian_colors(
@@ -104,26 +103,6 @@ def render_gaussians_reference(
     return RenderOutput(image=res.image, alpha=res.alpha, depth=res.depth, meta=meta)
 
 
-def _load_cuda():
-    """The CUDA renderer, or None (reason remembered) when it cannot be imported / loaded."""
-    global _cuda_unavailable_reason
-    if _cuda_unavailable_reason is not None:
-        return None
-    try:
-        from . import cuda as cuda_mod
-
-        fn = getattr(cuda_mod, "render_gaussians_cuda", None)
-        if fn is None:
-            raise ImportError("recon.rasterizers.cuda has no render_gaussians_cuda")
-        available = getattr(cuda_mod, "is_available", None)
-        if available is not None and not available():
-            raise RuntimeError("recon.rasterizers.cuda.is_available() returned False")
-        return fn
-    except Exception as exc:  # noqa: BLE001 - any failure to load means "use the reference"
-        _cuda_unavailable_reason = f"{type(exc).__name__}: {exc}"
-        return None
-
-
 def render_gaussians(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -159,20 +138,10 @@ def render_gaussians(
     Gaussian contributed to), ``n_contrib`` [H, W] int32 (contributing Gaussians per pixel),
     ``width``, ``height``, ``tile_size``, ``backend`` (``"reference"`` or ``"cuda"``).
     """
-    if backend not in ("auto", "reference", "cuda"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'cuda', got {backend!r}")
     kwargs = dict(sh_degree=sh_degree, background=background, settings=settings, render_depth=render_depth)
     args = (means, quats, scales, opacities, colors, viewmat, K, width, height)
-    if backend == "cuda" or (backend == "auto" and means.is_cuda):
-        fn = _load_cuda()
-        if fn is not None:
-            return fn(*args, **kwargs)
-        if backend == "cuda":
-            raise RuntimeError(f"CUDA rasterizer unavailable ({_cuda_unavailable_reason})")
-        global _warned_fallback
-        if not _warned_fallback:
-            _warned_fallback = True
-            warnings.warn(
-                f"CUDA rasterizer unavailable ({_cuda_unavailable_reason}); using the PyTorch reference", stacklevel=2
-            )
+    if choose_backend(backend, means.is_cuda, "GaussianFootprint") == "cuda":
+        from .cuda import render_gaussians_cuda
+
+        return render_gaussians_cuda(*args, **kwargs)
     return render_gaussians_reference(*args, **kwargs)

@@ -19,7 +19,7 @@ the densification strategies need it), ``n_contrib``, ``width``, ``height``, ``t
 
 from __future__ import annotations
 
-import warnings
+
 from typing import NamedTuple
 
 import torch
@@ -36,6 +36,7 @@ from .reference.triangle import (
     triangle_bary_footprint,
     triangle_footprint,
 )
+from .backend import choose_backend
 from .types import RasterSettings, RenderOutput
 
 __all__ = [
@@ -48,8 +49,6 @@ __all__ = [
     "triangle_colors",
 ]
 
-_cuda_unavailable_reason: str | None = None
-_warned_fallback = False
 
 
 def _color_mode(colors: Tensor, sh_degree: int | None) -> str:
@@ -191,13 +190,11 @@ def render_triangles_cuda(
 ) -> RenderOutput:  # fmt: skip
     """CUDA twin of :func:`render_triangles_reference` (one camera, or batched viewmat [I,4,4] / K [I,3,3])."""
     from .cuda import _backend
-    from .cuda.ops import intersect_tiles, rasterize, spherical_harmonics
+    from .cuda.ops import batch_cameras, composite_features, spherical_harmonics
 
     cmode = _color_mode(colors, sh_degree)
     bary = cmode == "vertex"
-    batched = viewmat.dim() == 3
-    viewmats = (viewmat if batched else viewmat[None]).to(device=vertices.device, dtype=torch.float32)
-    Ks = (K if batched else K[None]).to(device=vertices.device, dtype=torch.float32)
+    viewmats, Ks, batched = batch_cameras(viewmat, K, vertices.device)
     I = viewmats.shape[0]
     proj = project_triangles_cuda(
         vertices, opacities, sigmas, viewmats, Ks, width, height, settings, triangle_settings, barycentric=bary
@@ -206,28 +203,16 @@ def render_triangles_cuda(
         feats = spherical_harmonics(sh_degree, vertices.mean(1), colors, viewmats)  # [I, N, 3]
     else:
         feats = colors.float()[None].expand(I, *colors.shape)
-    c = feats.shape[-1]
-    if render_depth:
+    depth_feature = None
+    if render_depth:  # per-vertex colours carry the depth at each vertex slot
         d = proj.depths[..., None]
-        dcol = d[..., None, :].expand(-1, -1, 3, 1) if bary else d
-        rast_colors = torch.cat([feats, dcol], dim=-1)
-    else:
-        rast_colors = feats
-    bg = None
-    if background is not None:
-        bg = background.to(device=vertices.device, dtype=torch.float32)
-        bg = bg[None].expand(I, -1) if bg.dim() == 1 else bg
-        if render_depth:
-            bg = torch.cat([bg, bg.new_zeros(I, 1)], dim=-1)
+        depth_feature = d[..., None, :].expand(-1, -1, 3, 1) if bary else d
     fp = _backend.footprint_id("TriangleBaryFootprint" if bary else "TriangleFootprint")
     opac = opacities.float()[None].expand(I, -1).contiguous()
-    bins = intersect_tiles(proj.records, proj.depths, proj.rects, opac, width, height, settings, footprint=fp)
-    image, alpha, last_ids, n_contrib, max_weight = rasterize(
-        proj.records, opac, rast_colors.contiguous(), bins, width, height, settings, background=bg, footprint=fp,
-        max_weight=return_max_weight,
+    image, alpha, depth, last_ids, n_contrib, max_weight, bins = composite_features(
+        proj.records, proj.depths, proj.rects, opac, feats, width, height, settings, footprint=fp, background=background,
+        depth_feature=depth_feature, return_max_weight=return_max_weight,
     )  # fmt: skip
-    depth = image[..., c:c + 1] if render_depth else None
-    image = image[..., :c]
 
     def one(t):
         return t if batched or t is None else t[0]
@@ -253,22 +238,6 @@ def render_triangles_cuda(
     return RenderOutput(image=one(image), alpha=one(alpha), depth=one(depth), meta=meta)
 
 
-def _load_cuda() -> bool:
-    global _cuda_unavailable_reason
-    if _cuda_unavailable_reason is not None:
-        return False
-    try:
-        from .cuda import _backend
-
-        if not _backend.is_available():
-            raise RuntimeError(_backend.unavailable_reason() or "recon CUDA core unavailable")
-        _backend.footprint_id("TriangleFootprint")
-        return True
-    except Exception as exc:  # noqa: BLE001 - any failure to load means "use the reference"
-        _cuda_unavailable_reason = f"{type(exc).__name__}: {exc}"
-        return False
-
-
 def render_triangles(
     vertices: Tensor, opacities: Tensor, sigmas: Tensor, colors: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int,
     *, sh_degree: int | None = None, background: Tensor | None = None, settings: RasterSettings = RasterSettings(),
@@ -283,20 +252,11 @@ def render_triangles(
         viewmat [4, 4] world-to-camera (OpenCV); K [3, 3]; background [C] or None (black).
         backend: ``"reference"``, ``"cuda"`` or ``"auto"`` (CUDA for CUDA inputs when it loads).
     """
-    if backend not in ("auto", "reference", "cuda"):
-        raise ValueError(f"backend must be 'auto', 'reference' or 'cuda', got {backend!r}")
     kwargs = dict(
         sh_degree=sh_degree, background=background, settings=settings, triangle_settings=triangle_settings,
         render_depth=render_depth,
     )
     args = (vertices, opacities, sigmas, colors, viewmat, K, width, height)
-    if backend == "cuda" or (backend == "auto" and vertices.is_cuda):
-        if _load_cuda():
-            return render_triangles_cuda(*args, **kwargs)
-        if backend == "cuda":
-            raise RuntimeError(f"CUDA rasterizer unavailable ({_cuda_unavailable_reason})")
-        global _warned_fallback
-        if not _warned_fallback:
-            _warned_fallback = True
-            warnings.warn(f"CUDA rasterizer unavailable ({_cuda_unavailable_reason}); using the PyTorch reference", stacklevel=2)
+    if choose_backend(backend, vertices.is_cuda, "TriangleFootprint") == "cuda":
+        return render_triangles_cuda(*args, **kwargs)
     return render_triangles_reference(*args, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -149,10 +150,6 @@ def dump_config_yaml(cfg: Any) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-_NESTED_CONFIGS = {"optim": GaussianOptimConfig, "strategy": DefaultStrategy, "raster": RasterSettings, "surface": SurfaceConfig, "convexes": ConvexConfig,
-                   "triangles": TriangleConfig, "opaque_triangles": OpaqueTriangleConfig}
-
-
 def train_config_from_dict(d: dict) -> TrainConfig:
     """Inverse of :func:`config_to_dict` for :class:`TrainConfig` (unknown keys are rejected).
 
@@ -160,13 +157,13 @@ def train_config_from_dict(d: dict) -> TrainConfig:
 
     def build(cls: type, values: dict) -> Any:
         names = {f.name for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)  # nested sections are the fields typed as dataclasses
         kwargs = {}
         for key, value in values.items():
             if key not in names:
                 raise ValueError(f"unknown config key {key!r} for {cls.__name__}")
-            nested = _NESTED_CONFIGS if cls is TrainConfig else getattr(cls, "NESTED", {})
-            if key in nested:
-                value = build(nested[key], value)
+            if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+                value = build(hints[key], value)
             elif isinstance(value, list):
                 value = tuple(value)
             elif key == "output" and value is not None:

@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -88,8 +89,12 @@ def source_hash() -> str:
     return h.hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=1)
 def footprints() -> dict[str, tuple[int, str]]:
-    """Footprint policies found in csrc/: ``{struct name: (id, header file)}``. Ids must be unique."""
+    """Footprint policies found in csrc/: ``{struct name: (id, header file)}``. Ids must be unique.
+
+    Read once per process (render calls look ids up every frame; the sources do not change under a
+    running process, and the extension loaded is the one built from them)."""
     found: dict[str, tuple[int, str]] = {}
     by_id: dict[int, str] = {}
     for path in sorted(CSRC.glob("footprint_*.cuh")):

@@ -27,6 +27,10 @@ __all__ = [
     "spherical_harmonics",
     "intersect_tiles",
     "rasterize",
+    "batch_cameras",
+    "camera_features",
+    "Composited",
+    "composite_features",
     "render_gaussians_cuda",
 ]
 
@@ -253,6 +257,70 @@ def rasterize(
 # ------------------------------------------------------------------------------------------------
 # the composed renderer
 # ------------------------------------------------------------------------------------------------
+def batch_cameras(viewmat: Tensor, K: Tensor, device: torch.device) -> tuple[Tensor, Tensor, bool]:
+    """viewmats [I, 4, 4] and Ks [I, 3, 3] (float32 on ``device``) from one camera or a batch of them,
+    and whether a batch was given (outputs then keep their leading I)."""
+    batched = viewmat.dim() == 3
+    viewmats = (viewmat if batched else viewmat[None]).to(device=device, dtype=torch.float32)
+    Ks = (K if batched else K[None]).to(device=device, dtype=torch.float32)
+    return viewmats, Ks, batched
+
+
+def camera_features(colors: Tensor, sh_degree: int | None, centres: Tensor, viewmats: Tensor, radii: Tensor | None = None) -> Tensor:
+    """Per-camera features [I, N, C]: SH coefficients [N, K, 3] evaluated towards each primitive's
+    ``centres`` [N, 3] when ``sh_degree`` is set (skipping culled entries when ``radii`` is given), else
+    plain features [N, C] repeated per camera."""
+    if sh_degree is None:
+        if colors.dim() != 2:
+            raise ValueError(f"colors must be [N, C] when sh_degree is None, got {tuple(colors.shape)}")
+        return colors.float()[None].expand(viewmats.shape[0], -1, -1)
+    if colors.dim() != 3:
+        raise ValueError(f"colors must be SH coefficients [N, K, 3] when sh_degree is set, got {tuple(colors.shape)}")
+    return spherical_harmonics(sh_degree, centres, colors, viewmats, radii)
+
+
+class Composited(NamedTuple):
+    image: Tensor  # [I, H, W, C] (+ background)
+    alpha: Tensor  # [I, H, W, 1]
+    depth: Tensor | None  # [I, H, W, 1] when a depth feature was composited
+    last_ids: Tensor
+    n_contrib: Tensor
+    max_weight: Tensor | None  # [I, N] with return_max_weight
+    bins: TileBins
+
+
+def composite_features(
+    records: Tensor, depths: Tensor, rects: Tensor, opacities: Tensor, feats: Tensor, width: int, height: int,
+    settings: RasterSettings = RasterSettings(), *, footprint: int = FOOTPRINT_GAUSSIAN, background: Tensor | None = None,
+    depth_feature: Tensor | None = None, return_max_weight: bool = False, means2d: Tensor | None = None,
+    exact_tiles: bool = DEFAULT_EXACT_TILES, sort_mode: int = DEFAULT_SORT_MODE,
+) -> Composited:  # fmt: skip
+    """Bin projected primitives of any footprint into tiles and composite their features: the stages
+    every primitive's CUDA render shares after its own projection.
+
+    ``records/depths/rects/opacities`` [I, N, ...] come from a projection op, ``feats`` [I, N, ...C] are the
+    per-camera colours/features; ``depth_feature`` (same leading shape as ``feats`` with one channel) is
+    composited as an extra channel and split off as ``depth`` (the background gets 0 there);
+    ``background`` is [C] or [I, C]; ``means2d`` is handed to :func:`rasterize` (see there)."""
+    I = records.shape[0]
+    c = feats.shape[-1]
+    rast_colors = torch.cat([feats, depth_feature], dim=-1) if depth_feature is not None else feats
+    bg = None
+    if background is not None:
+        bg = background.to(device=records.device, dtype=torch.float32)
+        bg = bg[None].expand(I, -1) if bg.dim() == 1 else bg
+        if depth_feature is not None:
+            bg = torch.cat([bg, bg.new_zeros(I, 1)], dim=-1)
+    bins = intersect_tiles(records, depths, rects, opacities, width, height, settings, footprint=footprint,
+                           exact=exact_tiles, mode=sort_mode)  # fmt: skip
+    image, alpha, last_ids, n_contrib, max_weight = rasterize(
+        records, opacities, rast_colors.contiguous(), bins, width, height, settings, background=bg, footprint=footprint,
+        max_weight=return_max_weight, means2d=means2d,
+    )  # fmt: skip
+    depth = image[..., c:c + 1] if depth_feature is not None else None
+    return Composited(image[..., :c], alpha, depth, last_ids, n_contrib, max_weight, bins)
+
+
 def render_gaussians_cuda(
     means: Tensor,
     quats: Tensor,
@@ -279,40 +347,18 @@ def render_gaussians_cuda(
     contributing pixel); ``contrib_count`` is not computed. ``retain_grad()`` on ``meta['means2d']`` gives
     the screen-space gradient (for batched cameras it is [I, N, 2]).
     """
-    batched = viewmat.dim() == 3
-    viewmats = viewmat if batched else viewmat[None]
-    Ks = K if batched else K[None]
-    viewmats = viewmats.to(device=means.device, dtype=torch.float32)
-    Ks = Ks.to(device=means.device, dtype=torch.float32)
-    I = viewmats.shape[0]
+    viewmats, Ks, batched = batch_cameras(viewmat, K, means.device)
     proj = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height, settings)
-    if sh_degree is None:
-        if colors.dim() != 2:
-            raise ValueError(f"colors must be [N, C] when sh_degree is None, got {tuple(colors.shape)}")
-        feats = colors.float()[None].expand(I, -1, -1)
-    else:
-        if colors.dim() != 3:
-            raise ValueError(f"colors must be SH coefficients [N, K, 3] when sh_degree is set, got {tuple(colors.shape)}")
-        feats = spherical_harmonics(sh_degree, means, colors, viewmats)
-    c = feats.shape[-1]
-    rast_colors = torch.cat([feats, proj.depths[..., None]], dim=-1) if render_depth else feats
-    bg = None
-    if background is not None:
-        bg = background.to(device=means.device, dtype=torch.float32)
-        bg = bg[None].expand(I, -1) if bg.dim() == 1 else bg
-        if render_depth:
-            bg = torch.cat([bg, bg.new_zeros(I, 1)], dim=-1)
-    bins = intersect_tiles(proj.records, proj.depths, proj.rects, proj.opacities, width, height, settings,
-                           exact=exact_tiles, mode=sort_mode)  # fmt: skip
+    feats = camera_features(colors, sh_degree, means, viewmats)
     # means2d (handed out in meta, as in the reference) receives the screen-space position gradient; the
     # tensor given to the rasterizer is the very one in meta, so retain_grad() on it works.
     means2d = proj.means2d if batched else proj.means2d[0]
-    image, alpha, last_ids, n_contrib, max_weight = rasterize(
-        proj.records, proj.opacities, rast_colors.contiguous(), bins, width, height, settings, background=bg,
-        max_weight=return_max_weight, means2d=means2d,
+    out = composite_features(
+        proj.records, proj.depths, proj.rects, proj.opacities, feats, width, height, settings, background=background,
+        depth_feature=proj.depths[..., None] if render_depth else None, return_max_weight=return_max_weight,
+        means2d=means2d, exact_tiles=exact_tiles, sort_mode=sort_mode,
     )  # fmt: skip
-    depth = image[..., c:c + 1] if render_depth else None
-    image = image[..., :c]
+    image, alpha, depth, last_ids, n_contrib, max_weight, bins = out
 
     def one(t):
         return t if batched or t is None else t[0]

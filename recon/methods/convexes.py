@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Literal
+from typing import Literal
 
 from recon.methods.base import SplatMethod
 from recon.methods.gaussians import initial_points, random_init_bounds
@@ -37,9 +37,6 @@ class ConvexConfig:
     Gaussians use); the 3DCS schedule (densify 500-9000 every 200, reset every 3000) is kept from here up."""
     optim: ConvexOptimConfig = field(default_factory=ConvexOptimConfig)
     strategy: ConvexStrategy = field(default_factory=ConvexStrategy)
-
-    #: nested sections, for config.yml round trips (recon.config.train_config_from_dict)
-    NESTED: ClassVar[dict] = {"optim": ConvexOptimConfig, "strategy": ConvexStrategy}
 
     def resolved_strategy(self, steps: int, compress: bool = True) -> ConvexStrategy:
         from recon.config import SHORT_RUN_FLOORS

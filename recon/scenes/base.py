@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -79,6 +79,29 @@ class SceneModel(abc.ABC):
         """Write the representation's standard interchange file (PLY for Gaussians)."""
 
     # --- conveniences -----------------------------------------------------------------------------
+    def _require_params(self, params: Mapping[str, torch.Tensor], names: Sequence[str]) -> None:
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise ValueError(f"{type(self).__name__} is missing parameters {missing}")
+
+    def _install_params(
+        self, params: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], device: torch.device | None = None
+    ) -> None:
+        """Check ``params`` against ``expected`` shapes (its keys, in order, are the parameter names) and
+        make them this scene's leaf parameters, keeping the same ``self.params`` dict object (strategies
+        and trainers may hold a reference to it). Call :meth:`_require_params` first."""
+        for name, shape in expected.items():
+            if tuple(params[name].shape) != tuple(shape):
+                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, expected {tuple(shape)}")
+        installed = {}
+        for name in expected:
+            t = params[name].detach()
+            if device is not None:
+                t = t.to(device)
+            installed[name] = torch.nn.Parameter(t.clone().contiguous(), requires_grad=True)
+        self.params.clear()
+        self.params.update(installed)
+
     @property
     def device(self) -> torch.device:
         return next(iter(self.params.values())).device

@@ -97,25 +97,15 @@ class ConvexScene(SceneModel):
         self._set_params(params)
 
     def _set_params(self, params: Mapping[str, torch.Tensor], device: torch.device | None = None, sh_degree: int | None = None) -> None:
-        missing = [n for n in PARAM_NAMES if n not in params]
-        if missing:
-            raise ValueError(f"ConvexScene is missing parameters {missing}")
+        self._require_params(params, PARAM_NAMES)
         sh_degree = self.sh_degree if sh_degree is None else int(sh_degree)
         n, k = params["points"].shape[:2]
         if params["points"].dim() != 3 or not 3 <= k <= 8:
             raise ValueError(f"points must be [N, K, 3] with 3 <= K <= 8, got {tuple(params['points'].shape)}")
         s = (sh_degree + 1) ** 2
-        expected = {"points": (n, k, 3), "deltas": (n,), "sigmas": (n,), "opacities": (n,), "sh0": (n, 1, 3), "shN": (n, s - 1, 3)}
-        for name, shape in expected.items():
-            if tuple(params[name].shape) != shape:
-                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, expected {shape}")
+        shapes = {"points": (n, k, 3), "deltas": (n,), "sigmas": (n,), "opacities": (n,), "sh0": (n, 1, 3), "shN": (n, s - 1, 3)}
+        self._install_params(params, {name: shapes[name] for name in PARAM_NAMES}, device)
         self.sh_degree = sh_degree
-        self.params.clear()
-        for name in PARAM_NAMES:
-            t = params[name].detach()
-            if device is not None:
-                t = t.to(device)
-            self.params[name] = torch.nn.Parameter(t.clone().contiguous(), requires_grad=True)
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod

@@ -116,27 +116,16 @@ class GaussianScene(SceneModel):
     def _set_params(
         self, params: Mapping[str, torch.Tensor], device: torch.device | None = None, sh_degree: int | None = None
     ) -> None:
-        missing = [n for n in PARAM_NAMES if n not in params]
-        if missing:
-            raise ValueError(f"GaussianScene is missing parameters {missing}")
+        self._require_params(params, PARAM_NAMES)
         sh_degree = self.sh_degree if sh_degree is None else int(sh_degree)
         n = params["means"].shape[0]
         k = (sh_degree + 1) ** 2
-        expected = {
+        shapes = {
             "means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,),
             "sh0": (n, 1, 3), "shN": (n, k - 1, 3),
         }
-        for name, shape in expected.items():
-            if tuple(params[name].shape) != shape:
-                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, expected {shape}")
-        # Keep the same dict object (strategies and trainers may hold a reference to it).
+        self._install_params(params, {name: shapes[name] for name in PARAM_NAMES}, device)
         self.sh_degree = sh_degree
-        self.params.clear()
-        for name in PARAM_NAMES:
-            t = params[name].detach()
-            if device is not None:
-                t = t.to(device)
-            self.params[name] = torch.nn.Parameter(t.clone().contiguous(), requires_grad=True)
 
     @classmethod
     def from_points(

@@ -72,20 +72,11 @@ class _ParamScene(SceneModel):
         raise NotImplementedError
 
     def _set_params(self, params: Mapping[str, torch.Tensor], device: torch.device | None = None, sh_degree: int | None = None) -> None:
-        missing = [n for n in self.names if n not in params]
-        if missing:
-            raise ValueError(f"{type(self).__name__} is missing parameters {missing}")
+        self._require_params(params, self.names)
         sh_degree = self.sh_degree if sh_degree is None else int(sh_degree)
-        for name, shape in self._shapes(params, (sh_degree + 1) ** 2).items():
-            if tuple(params[name].shape) != shape:
-                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, expected {shape}")
+        shapes = self._shapes(params, (sh_degree + 1) ** 2)
+        self._install_params(params, {name: shapes[name] for name in self.names}, device)
         self.sh_degree = sh_degree
-        self.params.clear()  # keep the same dict object: strategies hold a reference to it
-        for name in self.names:
-            t = params[name].detach()
-            if device is not None:
-                t = t.to(device)
-            self.params[name] = torch.nn.Parameter(t.clone().contiguous(), requires_grad=True)
 
     def sh_coeffs(self, sh_degree: int | None) -> tuple[torch.Tensor, int]:
         degree = self.sh_degree if sh_degree is None else max(0, min(int(sh_degree), self.sh_degree))
