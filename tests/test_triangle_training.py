@@ -180,3 +180,43 @@ def test_cli_runs_both_methods(tmp_path):
     cfg = TrainConfig(output=tmp_path / "o", method="opaque-triangles", steps=3, **TINY)
     t = _train(cfg)
     assert Path(t.run_dir / "config.yml").read_text().count("opaque_triangles") == 1
+
+
+def test_opaque_method_trains_vertex_colours_and_supersamples_late():
+    """By default the opaque method trains one colour per vertex (what the GLB carries) and renders training
+    views at 2x then 4x late in the run; evaluation renders at ``render_supersample``."""
+    from recon.methods import METHODS
+
+    def make_method(cfg, **kw):
+        return METHODS[cfg.method](cfg, **kw)
+
+    cfg = TrainConfig(output=Path("unused"), method="opaque-triangles", steps=60, **TINY)
+    method = make_method(cfg, steps=60, scene_scale=1.0, device="cpu", background=torch.zeros(3))
+    assert method.sh_degree == 0 and method.sh_degree_at(59) == 0
+    assert [method.supersample_at(s) for s in (0, 39, 40, 49, 50, 59)] == [1, 1, 2, 2, 4, 4]
+    vd = TrainConfig(output=Path("unused"), method="opaque-triangles", steps=60,
+                     **{**TINY, "opaque_triangles": OpaqueTriangleConfig(view_dependent=True)})  # fmt: skip
+    assert make_method(vd, steps=60, scene_scale=1.0, device="cpu", background=torch.zeros(3)).sh_degree_at(59) == 1
+
+
+def test_render_supersampled_is_the_area_average_of_the_large_render():
+    import numpy as np
+
+    from recon.datasets.cameras import Camera
+    from recon.methods.base import render_supersampled
+    from recon.rasterizers.types import RenderOutput
+
+    cam = Camera(name="c", width=8, height=6, fx=10.0, fy=10.0, cx=4.0, cy=3.0, c2w=np.eye(4))
+    seen = []
+
+    def render(c):
+        seen.append((c.width, c.height, c.fx, c.cx))
+        yy, xx = torch.meshgrid(torch.arange(c.height), torch.arange(c.width), indexing="ij")
+        img = torch.stack([xx, yy, xx * 0 + 1], -1).float()
+        return RenderOutput(image=img, alpha=img[..., :1], depth=None, meta={"k": 1})
+
+    out = render_supersampled(render, cam, 2)
+    assert seen == [(16, 12, 20.0, 8.0)]
+    assert out.image.shape == (6, 8, 3) and out.depth is None and out.meta == {"k": 1}
+    assert torch.equal(out.image[..., 0], torch.arange(8).float().expand(6, 8) * 2 + 0.5)
+    assert render_supersampled(render, cam, 1).image.shape == (6, 8, 3)

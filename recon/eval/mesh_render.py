@@ -30,16 +30,19 @@ def _open3d():
     return o3d
 
 
-def render_mesh(mesh: TriangleMesh, camera: Any, background: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+def render_mesh(mesh: TriangleMesh, camera: Any, background: Sequence[float] = (0.0, 0.0, 0.0), supersample: int = 1) -> np.ndarray:
     """Image [H, W, 3] float32 of ``mesh`` seen by ``camera`` (pinhole ``K``, world-to-camera ``w2c``,
-    OpenCV axes, pixel ``(x, y)`` sampled at ``(x + 0.5, y + 0.5)``)."""
+    OpenCV axes, pixel ``(x, y)`` sampled at ``(x + 0.5, y + 0.5)``). ``supersample`` = s casts s x s rays
+    per pixel on a regular grid and averages them (the SSAA an engine applies to hard mesh edges)."""
     o3d = _open3d()
+    s = max(1, int(supersample))
     w, h = int(camera.width), int(camera.height)
     K = np.asarray(camera.K, dtype=np.float64)
     w2c = np.asarray(camera.w2c, dtype=np.float64)
     R, t = w2c[:3, :3], w2c[:3, 3]
     origin = -R.T @ t
-    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    # sub-pixel centres (x + (i + 0.5) / s); the final reshape averages each s x s block
+    xs, ys = np.meshgrid((np.arange(w * s) + 0.5) / s, (np.arange(h * s) + 0.5) / s)
     pix = np.stack([xs, ys, np.ones_like(xs)], -1).reshape(-1, 3)
     dirs = (pix @ np.linalg.inv(K).T) @ R  # camera rays -> world (R^T d, row form)
     rays = np.concatenate([np.broadcast_to(origin, dirs.shape), dirs], axis=1).astype(np.float32)
@@ -57,7 +60,8 @@ def render_mesh(mesh: TriangleMesh, camera: Any, background: Sequence[float] = (
     f = mesh.faces[ids[ok]]
     u, v = uv[ok, 0:1], uv[ok, 1:2]  # point = (1 - u - v) V0 + u V1 + v V2
     img[ok] = ((1.0 - u - v) * colors[f[:, 0]] + u * colors[f[:, 1]] + v * colors[f[:, 2]]).astype(np.float32)
-    return np.clip(img.reshape(h, w, 3), 0.0, 1.0)
+    img = np.clip(img.reshape(h, s, w, s, 3), 0.0, 1.0)
+    return img.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
 
 
 def load_glb_mesh(path: str | Path) -> TriangleMesh:
@@ -101,13 +105,20 @@ def _color0(doc: dict, data: bytes) -> np.ndarray | None:
     return arr[:, :3]
 
 
-def glb_psnr(path: str | Path, views: Sequence[Any], background: Sequence[float] = (0.0, 0.0, 0.0)) -> dict[str, Any]:
-    """Render the GLB from each view's camera and compare with its image: ``{"psnr", "per_view", "faces"}``."""
+def glb_psnr(path: str | Path, views: Sequence[Any], background: Sequence[float] = (0.0, 0.0, 0.0), supersample: int = 1) -> dict[str, Any]:
+    """Render the GLB from each view's camera and compare with its image (inside the view's mask, when
+    it has one, as the splat evaluation does): ``{"psnr", "per_view", "faces"}``."""
     mesh = load_glb_mesh(path)
     values = []
     for view in views:
-        img = render_mesh(mesh, view.camera, background)
+        img = render_mesh(mesh, view.camera, background, supersample=supersample).astype(np.float64)
         gt = view.image.detach().cpu().numpy() if hasattr(view.image, "detach") else np.asarray(view.image)
-        mse = float(np.mean((img.astype(np.float64) - gt.astype(np.float64)) ** 2))
+        err = (img - gt.astype(np.float64)) ** 2
+        mask = getattr(view, "mask", None)
+        if mask is not None:
+            m = np.broadcast_to(mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask), err.shape)
+            mse = float((err * m).sum() / max(m.sum(), 1.0))
+        else:
+            mse = float(err.mean())
         values.append(10.0 * np.log10(1.0 / max(mse, 1e-12)))
     return {"psnr": float(np.mean(values)), "per_view": values, "faces": int(mesh.num_faces)}

@@ -16,7 +16,10 @@ import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F
 
 from recon.eval.metrics import psnr
 from recon.scenes.base import SceneModel
@@ -25,6 +28,22 @@ from recon.training.losses import photometric_loss
 if TYPE_CHECKING:  # pragma: no cover
     from recon.config import TrainConfig
     from recon.training.trainer import PreparedData
+
+
+def render_supersampled(render: Any, camera: Any, factor: int) -> Any:
+    """``render(camera)`` at ``factor`` times the resolution, area-averaged back to the camera's size
+    (supersampling anti-aliasing). Image, alpha and depth are averaged; ``meta`` stays that of the large
+    render (its per-primitive screen extents are in the large render's pixels)."""
+    if factor <= 1:
+        return render(camera)
+    out = render(camera.scaled(1.0 / factor))
+
+    def down(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return F.avg_pool2d(t.permute(2, 0, 1)[None], factor)[0].permute(1, 2, 0)
+
+    return dataclasses.replace(out, image=down(out.image), alpha=down(out.alpha), depth=down(out.depth))
 
 
 class Method(abc.ABC):

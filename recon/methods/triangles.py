@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from recon.eval.metrics import psnr
-from recon.methods.base import SplatMethod
+from recon.methods.base import SplatMethod, render_supersampled
 from recon.methods.gaussians import points_or_random
 from recon.rasterizers.reference.triangle import TriangleSettings
 from recon.scenes.triangles import OpaqueTriangleScene, TriangleScene
@@ -110,6 +110,16 @@ class OpaqueTriangleConfig:
     min_cos: float = 1e-3
     stopgrad_inradius: bool = True
     random_init_points: int = 3000
+    view_dependent: bool = False
+    """Train SH colours up to ``--sh-degree``. Off by default: the mesh carries one colour per vertex,
+    so training that colour alone makes the exported GLB look like the trained scene."""
+    train_supersample_2x_from: float = 2 / 3
+    """Render training views at 2x resolution and area-average (SSAA) from this fraction of the run
+    (the edges are hard by then, so single-sample pixels alias); 1 = never."""
+    train_supersample_4x_from: float = 5 / 6
+    """... and at 4x from this fraction of the run; 1 = never."""
+    render_supersample: int = 4
+    """Supersampling factor of evaluation and viewer renders (hard-edged faces; 1 = off)."""
 
 
 class _LrConfig:
@@ -205,6 +215,38 @@ class OpaqueTriangleMethod(SplatMethod):
     def strategy(self):
         return self._strategy
 
+    @property
+    def sh_degree(self) -> int:
+        """SH degree of the vertex colours: ``--sh-degree`` with ``view_dependent``, else 0."""
+        return self.cfg.sh_degree if self.tcfg.view_dependent else 0
+
+    def sh_degree_at(self, step: int) -> int:
+        return min(self.sh_degree, super().sh_degree_at(step))
+
+    def supersample_at(self, step: int) -> int:
+        t = self.tcfg
+        if step >= t.train_supersample_4x_from * self.steps:
+            return 4
+        return 2 if step >= t.train_supersample_2x_from * self.steps else 1
+
+    def render_train(self, scene, view, step):
+        cfg = self.cfg
+
+        def render(camera):
+            return scene.render(camera, background=self.background, sh_degree=self.sh_degree_at(step),
+                                settings=cfg.raster, backend=cfg.backend)  # fmt: skip
+
+        return render_supersampled(render, view.camera, self.supersample_at(step))
+
+    def render(self, scene, camera):
+        cfg = self.cfg
+
+        def render(cam):
+            return scene.render(cam, background=self.background, sh_degree=self.sh_degree, settings=cfg.raster,
+                                backend=cfg.backend)  # fmt: skip
+
+        return render_supersampled(render, camera, max(1, int(self.tcfg.render_supersample))).image
+
     def settings(self) -> TriangleSettings:
         return TriangleSettings(min_inradius=0.0, min_extent=0.0, min_cos=self.tcfg.min_cos,
                                 stopgrad_inradius=self.tcfg.stopgrad_inradius)  # fmt: skip
@@ -213,7 +255,7 @@ class OpaqueTriangleMethod(SplatMethod):
         cfg, t = self.cfg, self.tcfg
         points, colors = points_or_random(cfg, data, self.device, t.random_init_points)
         scene = OpaqueTriangleScene.from_points(
-            points, colors, sh_degree=cfg.sh_degree, init_weight=t.init_weight, max_edge_factor=t.max_edge_factor,
+            points, colors, sh_degree=self.sh_degree, init_weight=t.init_weight, max_edge_factor=t.max_edge_factor,
             max_faces=t.max_init_faces, seed=cfg.seed, triangle_settings=self.settings(),
         )  # fmt: skip
         from recon.export.gltf import scene_up_vector
