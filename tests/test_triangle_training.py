@@ -183,7 +183,7 @@ def test_cli_runs_both_methods(tmp_path):
 
 
 def test_opaque_method_trains_vertex_colours_and_supersamples_late():
-    """By default the opaque method trains one colour per vertex (what the GLB carries) and renders training
+    """By default the opaque method ends with one colour per vertex (what the GLB carries) and renders training
     views at 2x then 4x late in the run; evaluation renders at ``render_supersample``."""
     from recon.methods import METHODS
 
@@ -192,11 +192,13 @@ def test_opaque_method_trains_vertex_colours_and_supersamples_late():
 
     cfg = TrainConfig(output=Path("unused"), method="opaque-triangles", steps=60, **TINY)
     method = make_method(cfg, steps=60, scene_scale=1.0, device="cpu", background=torch.zeros(3))
-    assert method.sh_degree == 0 and method.sh_degree_at(59) == 0
+    # SH (degree 1 here, raised every 5 steps) until 85 % of the run, then vertex colours only
+    assert method.sh_degree == 0 and [method.sh_degree_at(s) for s in (0, 5, 50, 51, 59)] == [0, 1, 1, 0, 0]
     assert [method.supersample_at(s) for s in (0, 39, 40, 49, 50, 59)] == [1, 1, 2, 2, 4, 4]
     vd = TrainConfig(output=Path("unused"), method="opaque-triangles", steps=60,
-                     **{**TINY, "opaque_triangles": OpaqueTriangleConfig(view_dependent=True)})  # fmt: skip
-    assert make_method(vd, steps=60, scene_scale=1.0, device="cpu", background=torch.zeros(3)).sh_degree_at(59) == 1
+                     **{**TINY, "opaque_triangles": OpaqueTriangleConfig(vertex_colors_from=1.0)})  # fmt: skip
+    sh_to_the_end = make_method(vd, steps=60, scene_scale=1.0, device="cpu", background=torch.zeros(3))
+    assert sh_to_the_end.sh_degree == 1 and sh_to_the_end.sh_degree_at(59) == 1
 
 
 def test_render_supersampled_is_the_area_average_of_the_large_render():

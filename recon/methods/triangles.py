@@ -110,9 +110,11 @@ class OpaqueTriangleConfig:
     min_cos: float = 1e-3
     stopgrad_inradius: bool = True
     random_init_points: int = 3000
-    view_dependent: bool = False
-    """Train SH colours up to ``--sh-degree``. Off by default: the mesh carries one colour per vertex,
-    so training that colour alone makes the exported GLB look like the trained scene."""
+    vertex_colors_from: float = 0.85
+    """Fraction of the run from which colours are view-independent (SH degree 0: the one colour per vertex
+    that the GLB carries), so the exported mesh looks like the trained scene. Before it, SH up to
+    ``--sh-degree`` let the geometry settle without baking reflections into it. 0 = vertex colours
+    throughout; 1 = SH throughout (the GLB then carries only their view-averaged DC term)."""
     train_supersample_2x_from: float = 2 / 3
     """Render training views at 2x resolution and area-average (SSAA) from this fraction of the run
     (the edges are hard by then, so single-sample pixels alias); 1 = never."""
@@ -217,11 +219,13 @@ class OpaqueTriangleMethod(SplatMethod):
 
     @property
     def sh_degree(self) -> int:
-        """SH degree of the vertex colours: ``--sh-degree`` with ``view_dependent``, else 0."""
-        return self.cfg.sh_degree if self.tcfg.view_dependent else 0
+        """SH degree of the final colours (evaluation, viewers, export): 0 unless SH are kept to the end."""
+        return self.cfg.sh_degree if self.tcfg.vertex_colors_from >= 1 else 0
 
     def sh_degree_at(self, step: int) -> int:
-        return min(self.sh_degree, super().sh_degree_at(step))
+        if step >= self.tcfg.vertex_colors_from * self.steps:
+            return 0
+        return super().sh_degree_at(step)
 
     def supersample_at(self, step: int) -> int:
         t = self.tcfg
@@ -255,7 +259,7 @@ class OpaqueTriangleMethod(SplatMethod):
         cfg, t = self.cfg, self.tcfg
         points, colors = points_or_random(cfg, data, self.device, t.random_init_points)
         scene = OpaqueTriangleScene.from_points(
-            points, colors, sh_degree=self.sh_degree, init_weight=t.init_weight, max_edge_factor=t.max_edge_factor,
+            points, colors, sh_degree=cfg.sh_degree if t.vertex_colors_from > 0 else 0, init_weight=t.init_weight, max_edge_factor=t.max_edge_factor,
             max_faces=t.max_init_faces, seed=cfg.seed, triangle_settings=self.settings(),
         )  # fmt: skip
         from recon.export.gltf import scene_up_vector
