@@ -192,8 +192,12 @@ def test_opaque_method_trains_vertex_colours_and_supersamples_late():
 
     cfg = TrainConfig(output=Path("unused"), method="opaque-triangles", steps=60, **TINY)
     method = make_method(cfg, steps=60, scene_scale=1.0, device="cpu", background=torch.zeros(3))
+    assert method.sh_degree == 0 and [method.sh_degree_at(s) for s in (0, 5, 59)] == [0, 0, 0]
     # SH (degree 1 here, raised every 5 steps) until 85 % of the run, then vertex colours only
-    assert method.sh_degree == 0 and [method.sh_degree_at(s) for s in (0, 5, 50, 51, 59)] == [0, 1, 1, 0, 0]
+    late = TrainConfig(output=Path("unused"), method="opaque-triangles", steps=60,
+                       **{**TINY, "opaque_triangles": OpaqueTriangleConfig(vertex_colors_from=0.85)})  # fmt: skip
+    late_method = make_method(late, steps=60, scene_scale=1.0, device="cpu", background=torch.zeros(3))
+    assert late_method.sh_degree == 0 and [late_method.sh_degree_at(s) for s in (0, 5, 50, 51, 59)] == [0, 1, 1, 0, 0]
     assert [method.supersample_at(s) for s in (0, 39, 40, 49, 50, 59)] == [1, 1, 2, 2, 4, 4]
     vd = TrainConfig(output=Path("unused"), method="opaque-triangles", steps=60,
                      **{**TINY, "opaque_triangles": OpaqueTriangleConfig(vertex_colors_from=1.0)})  # fmt: skip

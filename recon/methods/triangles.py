@@ -13,6 +13,9 @@ starts at ``tau_start`` and grows by ``tau_step`` per refinement after ``floor_f
 subdivided at their midpoints (sampled by opacity or by size, alternately) to grow the face count by
 ``growth``. Over the last ``final_window`` steps the max blending weight of every face is collected again
 and at the last step faces below ``final_prune_weight`` go (the opaque mesh keeps what the views see).
+Colours are one per vertex (SH degree 0, what the GLB carries) unless ``vertex_colors_from`` > 0. As in
+TS+, training views are rendered at 2x and then 4x resolution late in the run and area-averaged, and
+evaluation and viewers render at ``render_supersample`` x (the faces are hard-edged by then).
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ class OpaqueTriangleConfig:
     refine_start: int = 500
     refine_stop: int = 13_000
     refine_every: int = 500
-    growth: float = 1.15
+    growth: float = 1.3
+    """Face count growth per refinement (before pruning), by midpoint subdivision."""
     cap_max: int = 2_000_000
     tau_start: float = 0.235
     tau_step: float = 0.01
@@ -110,11 +114,12 @@ class OpaqueTriangleConfig:
     min_cos: float = 1e-3
     stopgrad_inradius: bool = True
     random_init_points: int = 3000
-    vertex_colors_from: float = 0.85
+    vertex_colors_from: float = 0.0
     """Fraction of the run from which colours are view-independent (SH degree 0: the one colour per vertex
-    that the GLB carries), so the exported mesh looks like the trained scene. Before it, SH up to
-    ``--sh-degree`` let the geometry settle without baking reflections into it. 0 = vertex colours
-    throughout; 1 = SH throughout (the GLB then carries only their view-averaged DC term)."""
+    that the GLB carries), so the exported mesh looks like the trained scene; before it, SH up to
+    ``--sh-degree``. 0 (default) = vertex colours throughout; 1 = SH throughout (the splat render is then
+    ~3 dB better on fox, but the GLB carries only the view-averaged DC term and loses that and more;
+    docs/benchmarks.md)."""
     train_supersample_2x_from: float = 2 / 3
     """Render training views at 2x resolution and area-average (SSAA) from this fraction of the run
     (the edges are hard by then, so single-sample pixels alias); 1 = never."""
