@@ -382,6 +382,155 @@ def test_recon_view_bad_input_is_one_line(tmp_path, kind):
     assert proc.stdout == ""  # no server was started, so no URL was printed
 
 
+# --- thumbnails of the training cameras ----------------------------------------------------------------
+
+
+def _solid_png(path: Path, size: tuple[int, int], rgb: tuple[int, int, int], mtime: float) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, rgb).save(path)
+    os.utime(path, (mtime, mtime))
+
+
+def test_thumbnail_reads_the_smallest_fresh_cached_copy(tmp_path):
+    """A thumbnail comes from the smallest downscaled copy (images_N) that is still big enough and not
+    older than the image, else from the image itself; a missing or broken image is one InputError."""
+    from PIL import Image
+
+    from recon.datasets.images import cached_image_path
+    from recon.errors import InputError
+    from recon.viewers.sources import image_thumbnail
+
+    yy, xx = np.mgrid[0:480, 0:640]
+    gradient = np.stack([xx * 255 // 639, yy * 255 // 479, np.full_like(xx, 60)], axis=-1).astype(np.uint8)
+    source = tmp_path / "photos" / "view.jpg"
+    source.parent.mkdir()
+    Image.fromarray(gradient).save(source, quality=95)
+    now = source.stat().st_mtime
+    cam = Camera("view.jpg", 640, 480, 500.0, 500.0, 320.0, 240.0, np.eye(4), image_path=source)
+
+    thumb = image_thumbnail(cam, 96)  # no cached copies: the JPEG itself (decoded at a reduced scale)
+    assert thumb.dtype == np.uint8 and thumb.shape == (72, 96, 3) and thumb.flags.c_contiguous
+    expected = np.asarray(Image.fromarray(gradient).resize((96, 72), Image.Resampling.BOX), dtype=np.float64)
+    assert np.abs(thumb - expected).mean() < 3.0  # the picture, downscaled (JPEG error only)
+
+    # cached copies: 1/8 (80x60) is too small for 96 pixels; 1/4 (160x120) is the smallest big enough
+    _solid_png(cached_image_path(source, 8), (80, 60), (255, 0, 0), now + 10)
+    _solid_png(cached_image_path(source, 4), (160, 120), (0, 255, 0), now + 10)
+    _solid_png(cached_image_path(source, 2), (320, 240), (0, 0, 255), now + 10)
+    thumb = image_thumbnail(cam, 96)
+    assert thumb.shape == (72, 96, 3) and (thumb == [0, 255, 0]).all()
+    # a copy older than the image is stale: the next size up is used
+    os.utime(cached_image_path(source, 4), (now - 10, now - 10))
+    assert (image_thumbnail(cam, 96) == [0, 0, 255]).all()
+    # a smaller thumbnail can use the 1/8 copy
+    assert (image_thumbnail(cam, 48) == [255, 0, 0]).all()
+
+    missing = Camera("gone.jpg", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4), image_path=tmp_path / "gone.jpg")
+    with pytest.raises(InputError, match="gone.jpg: image file not found"):
+        image_thumbnail(missing, 96)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(InputError, match="broken.png: cannot read image"):
+        image_thumbnail(Camera("broken.png", 64, 48, 50.0, 50.0, 32.0, 24.0, np.eye(4), image_path=broken), 96)
+
+
+def area_downscaled(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """[H, W, 3] float image -> [h, w, 3] numpy, area-averaged (the reference a thumbnail is compared to)."""
+    return torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=size, mode="area")[0].permute(1, 2, 0).numpy()
+
+
+def test_run_folder_frustums_get_thumbnails_after_the_viewer_is_up(tiny_run, monkeypatch):
+    """recon-view on a run folder: opening it reads no image; the viewer then gives every frustum the
+    thumbnail of its own camera's image (as the live training viewer does from memory)."""
+    import recon.viewers.sources as sources
+
+    monkeypatch.setenv("RECON_CACHE", str(tiny_run.demo_cache))
+    reads: list[str] = []
+    real = sources.image_thumbnail
+    monkeypatch.setattr(sources, "image_thumbnail", lambda cam, size: (reads.append(cam.name), real(cam, size))[1])
+    target = open_target(tiny_run.run_dir, which="latest")
+    assert target.thumbnails is None and target.load_thumbnail is not None and reads == []
+    logged: list[str] = []
+    viewer = LiveViewer(target, port=free_port(), log=logged.append)
+    try:
+        assert viewer.thumbnails_done.wait(timeout=120)
+        assert viewer.thumbnails_shown == len(viewer.frustums) == 48 and len(reads) == 48
+        assert logged == []
+        views = {v.camera.name: v.image for v in tiny_run.data.train_views}  # the demo's 160x120 images
+        checked = 0
+        for (index, cam), handle in zip(viewer._cameras, viewer.frustums):
+            thumb = handle.image
+            assert thumb is not None and thumb.dtype == np.uint8 and thumb.shape == (72, 96, 3), index
+            if cam.name not in views:
+                continue
+            own = np.abs(thumb / 255.0 - area_downscaled(views[cam.name], (72, 96))).mean()
+            other = np.abs(thumb / 255.0 - area_downscaled(next(im for n, im in views.items() if n != cam.name), (72, 96))).mean()
+            assert own < 0.01 < other, (index, own, other)
+            checked += 1
+        assert checked == len(views)
+    finally:
+        viewer.stop()
+
+
+@pytest.mark.slow
+def test_run_folder_without_its_data_shows_frustums_without_thumbnails(tmp_path, monkeypatch):
+    """A run records its cameras (cameras.json). A missing image leaves its frustum empty; with the whole
+    data folder gone the cameras come from that record, drawn without images. One log line each time."""
+    import shutil
+
+    from builders import write_transforms
+    from recon.datasets.loader import load_scene
+    from recon.training.run_folder import read_cameras
+
+    data = write_transforms(tmp_path / "data", n=4).parent
+    cfg = TrainConfig(data=str(data), output=tmp_path / "run", steps=2, random_init_points=100, progress=False,
+                      save_eval_renders=False, holdout_every=0, compress_schedules=False,
+                      strategy=DefaultStrategy(refine_start=1000, refine_stop=1000))
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainer.train()
+    recorded = read_cameras(cfg.output)
+    loaded = load_scene(str(data)).cameras
+    assert [c.name for c in recorded] == [c.name for c in loaded]
+    for a, b in zip(recorded, loaded):
+        assert np.array_equal(a.c2w, b.c2w)
+        assert (a.width, a.height, a.fx, a.fy, a.cx, a.cy) == (b.width, b.height, b.fx, b.fy, b.cx, b.cy)
+        assert a.image_path == b.image_path and a.image_path.is_file()
+
+    def shown(logged: list[str]) -> LiveViewer:
+        viewer = LiveViewer(open_target(cfg.output), port=free_port(), log=logged.append)
+        assert viewer.thumbnails_done.wait(timeout=120)
+        return viewer
+
+    (data / "images" / "img_002.png").unlink()  # one image gone: the data still loads (without that frame)
+    logged: list[str] = []
+    with pytest.warns(UserWarning, match="img_002.png"):
+        viewer = shown(logged)
+    try:
+        assert len(viewer.frustums) == 4 and viewer.thumbnails_shown == 3
+        assert [h.image is None for h in viewer.frustums] == [False, False, True, False]
+        assert len(logged) == 1 and "1 of 4 training cameras shown without a thumbnail" in logged[0], logged
+        assert "img_002.png: image file not found" in logged[0]
+    finally:
+        viewer.stop()
+
+    shutil.rmtree(data)  # the whole data folder gone: cameras from the run's record
+    logged = []
+    viewer = shown(logged)
+    try:
+        assert len(viewer.frustums) == 4 and viewer.thumbnails_shown == 0
+        assert all(h.image is None for h in viewer.frustums)
+        assert "cameras.json" in viewer.target.info["note"]
+        assert len(logged) == 1 and "4 of 4 training cameras shown without a thumbnail" in logged[0], logged
+        # the frustums stand where the training cameras stood
+        for (_, cam), handle, original in zip(viewer._cameras, viewer.frustums, loaded):
+            assert np.allclose(handle.position, original.center) and np.array_equal(cam.c2w, original.c2w)
+    finally:
+        viewer.stop()
+
+
 # --- a real browser ---------------------------------------------------------------------------------
 
 

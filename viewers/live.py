@@ -8,8 +8,11 @@ the camera has been still for a moment at full resolution. Scene changes during 
 up at most as often as keeps rendering under ~20% of the wall time, because rendering holds the
 trainer's lock and so pauses training.
 
-Training cameras are drawn as frustums (click one to look through it); the GUI shows the target's
-stats, render resolution, SH degree, background and a time slider (enabled only for dynamic scenes).
+Training cameras are drawn as frustums (click one to look through it) with thumbnails of their
+images: given in memory by a live run, or read from disk by a background thread after the server is
+up (a run folder: a large capture opens at once and the thumbnails arrive one by one). The GUI shows
+the target's stats, render resolution, SH degree, background and a time slider (enabled only for
+dynamic scenes).
 The server binds 127.0.0.1 unless told otherwise: the scene is private to the machine, and the
 printed ``ssh -L`` line is how a remote machine's viewer reaches a laptop's browser.
 """
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from recon.datasets.cameras import Camera
+from recon.errors import InputError
 from recon.viewers.camera import camera_from_viser, focus_point, render_size, up_vector, viser_pose_of
 from recon.viewers.sources import RenderOptions, ViewTarget
 
@@ -175,15 +179,18 @@ class LiveViewer:
         self.frames_sent = 0  # to all browsers, ever (tests and stats)
         self._renderers: dict[int, ClientRenderer] = {}
         self._renderers_lock = threading.Lock()
-        self._waiting = threading.Condition()  # counts renders waiting for the target's lock
-        self._lock_waiters = 0
         self._default_max_size = max_size or DEFAULT_MAX_SIZE.get(device, DEFAULT_MAX_SIZE["cpu"])
         self.server = start_server(host, port)
         self.port = int(self.server.get_port())
         self.url = viewer_url(host, self.port)
         self._cameras = self._shown_cameras()
+        self.thumbnails_shown = 0  # frustums with an image (tests and stats)
+        self.thumbnails_done = threading.Event()  # every shown frustum has its thumbnail, or failed to get one
+        self._stopping = threading.Event()
+        self._thumbnail_thread: threading.Thread | None = None
         self._set_up_scene()
         self._build_gui()
+        self._start_thumbnails()
         if target.render is not None:
             self.server.on_client_connect(self._client_connected)
             self.server.on_client_disconnect(self._client_disconnected)
@@ -234,8 +241,42 @@ class LiveViewer:
                 )
                 handle.on_click(lambda event, cam=cam: self.look_through(event.client, cam))
                 self.frustums.append(handle)
+            self.thumbnails_shown = 0 if thumbs is None else len(self.frustums)
         if target.glb is not None:
             scene.add_glb("/mesh", target.glb)
+
+    def _start_thumbnails(self) -> None:
+        if self.target.thumbnails is not None or self.target.load_thumbnail is None or not self.frustums:
+            self.thumbnails_done.set()
+            return
+        self._thumbnail_thread = threading.Thread(
+            target=self._load_thumbnails, name="recon-viewer-thumbnails", daemon=True
+        )
+        self._thumbnail_thread.start()
+
+    def _load_thumbnails(self) -> None:
+        """Give each shown frustum its image (viser sends each to the browsers as it is set). Images
+        that cannot be read leave their frustum empty; one log line says how many and why."""
+        load = self.target.load_thumbnail
+        assert load is not None
+        missing, first_problem = 0, None
+        try:
+            for (index, _cam), handle in zip(self._cameras, self.frustums):
+                if self._stopping.is_set():
+                    return
+                try:
+                    image = load(index, THUMBNAIL_SIZE)
+                except InputError as err:
+                    missing += 1
+                    first_problem = first_problem or str(err)
+                    continue
+                handle.image = image
+                self.thumbnails_shown += 1
+            if missing:
+                self.log(f"viewer: {missing} of {len(self.frustums)} training cameras shown without a thumbnail "
+                         f"(their images cannot be read; first: {first_problem})")
+        finally:
+            self.thumbnails_done.set()
 
     def look_through(self, client: Any, camera: Camera) -> None:
         """Move one browser's camera onto a (training) camera."""
@@ -348,27 +389,9 @@ class LiveViewer:
         if self.target.render is None:
             raise RuntimeError("this target is drawn by the browser (a mesh); there is nothing to render here")
         options = self.render_options() if options is None else options
-        with self._waiting:
-            self._lock_waiters += 1
-        waiting = True
-        try:
-            with self.target.lock:
-                with self._waiting:
-                    self._lock_waiters -= 1
-                    waiting = False
-                    self._waiting.notify_all()
-                return self.target.render(camera, options)
-        finally:
-            if waiting:
-                with self._waiting:
-                    self._lock_waiters -= 1
-                    self._waiting.notify_all()
-
-    def yield_to_renders(self, timeout: float = 2.0) -> None:
-        """Let renders that wait for the target's lock take it (the training thread calls this between
-        steps: a lock is not fair, and a loop that re-takes it at once would starve the browsers)."""
-        with self._waiting:
-            self._waiting.wait_for(lambda: self._lock_waiters == 0, timeout=timeout)
+        # A live run's lock is the trainer's FairLock: this render gets it after the step under way.
+        with self.target.lock:
+            return self.target.render(camera, options)
 
     def render_frame(self, camera: Camera, options: RenderOptions | None = None) -> np.ndarray:
         """:meth:`render_image` as the uint8 RGB frame sent to browsers."""
@@ -410,6 +433,9 @@ class LiveViewer:
             renderer.stop()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._thumbnail_thread is not None:
+            self._thumbnail_thread.join(timeout=5.0)
         with self._renderers_lock:
             renderers = list(self._renderers.values())
             self._renderers.clear()

@@ -2,9 +2,10 @@
 
 A :class:`ViewTarget` is everything the server needs: a render function (recon camera + options ->
 image, rendered server-side through recon's own renderer, so every representation shows exactly as
-trained), the lock to hold while rendering, the training cameras, and defaults (background, SH
-degree). Meshes are the exception: a ``.glb``/``.gltf`` is handed to the browser as a GLB and drawn
-by viser's three.js client.
+trained), the lock to hold while rendering, the training cameras with their thumbnails (in memory
+during training; read from disk on demand for a run folder), and defaults (background, SH degree).
+Meshes are the exception: a ``.glb``/``.gltf`` is handed to the browser as a GLB and drawn by
+viser's three.js client.
 
 :func:`open_target` dispatches on what the path is: a run folder or checkpoint (rendered through the
 run's :class:`recon.methods.Method`), a Gaussian splat file (``.ply``, compressed ``.ply``, ``.spz``,
@@ -49,6 +50,9 @@ class ViewTarget:
     max_sh_degree: int | None = None  # None: the representation has no SH degree to choose
     cameras: list[Camera] = field(default_factory=list)  # training views, drawn as frustums
     thumbnails: list[np.ndarray] | None = None  # uint8 [h, w, 3] per camera, when the images are in memory
+    # Otherwise (camera index, long side) -> uint8 [h, w, 3] read from disk when the viewer asks (after it
+    # is up); raises InputError when that camera's image is missing or unreadable.
+    load_thumbnail: Callable[[int, int], np.ndarray] | None = None
     dynamic: bool = False  # has a time axis (the time slider is enabled only then)
     lock: Any = field(default_factory=threading.RLock)  # held while rendering (the trainer's lock when live)
     glb: bytes | None = None
@@ -161,10 +165,67 @@ def _scene_data_of(data: str):
 
     try:
         if detect_format(data) in ("folder", "video"):
-            return None, "training cameras not shown (the run was trained from raw photos/video)"
+            return None, "the run was trained from raw photos/video"
         return load_scene(data, check_images=False), None
     except InputError as err:
-        return None, f"training cameras not shown ({err})"
+        return None, str(err)
+
+
+# --- thumbnails ---------------------------------------------------------------------------------------
+
+THUMBNAIL_SOURCE_FACTORS = (32, 16, 8, 4, 2)  # downscaled copies training may have cached (images_N)
+
+
+def image_thumbnail(camera: Camera, size: int) -> np.ndarray:
+    """A small uint8 RGB copy of ``camera``'s image, longest side at most ``size``, read cheaply.
+
+    Source: the smallest downscaled copy training cached (``images_N``, see
+    :func:`recon.datasets.images.cached_image_path`) that is still at least ``size`` pixels and not
+    older than the image; else the image itself, where JPEGs decode at 1/2..1/8 scale in the DCT
+    domain (PIL ``draft``), a fraction of a full decode. The thumbnail is of the stored (distorted)
+    pixels: close enough for a frustum. Missing or unreadable: InputError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    from recon.datasets.images import _to_rgb_or_rgba, cached_image_path
+
+    if camera.image_path is None:
+        raise InputError(None, f"view {camera.name!r} has no image file")
+    path = Path(camera.image_path)
+    try:
+        source_mtime = path.stat().st_mtime
+    except OSError:
+        raise InputError(path, "image file not found") from None
+    source = path
+    long_side = max(camera.width, camera.height)
+    for factor in THUMBNAIL_SOURCE_FACTORS:
+        if long_side / factor < size:
+            continue
+        cached = cached_image_path(path, factor)
+        try:
+            if cached.stat().st_mtime >= source_mtime:
+                source = cached
+                break
+        except OSError:
+            continue  # no such copy
+    try:
+        with Image.open(source) as im:
+            im.draft("RGB", (size, size))  # JPEG only: decode at the smallest scale still >= size
+            im.load()
+            small = _to_rgb_or_rgba(im).convert("RGB")
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise InputError(source, f"cannot read image for a thumbnail ({str(err) or type(err).__name__})") from None
+    small.thumbnail((size, size), Image.Resampling.BOX)
+    return np.ascontiguousarray(np.asarray(small, dtype=np.uint8))
+
+
+class CameraThumbnails:
+    """``load_thumbnail`` over a list of cameras (their image files, read on demand)."""
+
+    def __init__(self, cameras: list[Camera]) -> None:
+        self.cameras = cameras
+
+    def __call__(self, index: int, size: int) -> np.ndarray:
+        return image_thumbnail(self.cameras[index], size)
 
 
 def run_background(cfg: Any, scene_data: Any) -> tuple[float, float, float]:
@@ -176,13 +237,32 @@ def run_background(cfg: Any, scene_data: Any) -> tuple[float, float, float]:
 
 
 def open_run(target: Path, *, device: str = "cpu", which: str = "best") -> ViewTarget:
-    """A trained run (folder or checkpoint), rendered through its Method."""
-    from recon.cli.runs import load_run
+    """A trained run (folder or checkpoint), rendered through its Method.
+
+    Training cameras come from the run's own record (``cameras.json``: exactly the views it was
+    trained on, readable without the data folder) or, for runs from before that record, from the data
+    as it is on disk now; their thumbnails are read from the image files on demand."""
+    from recon.cli.runs import load_run, run_dir_of
     from recon.methods import METHODS
+    from recon.training.run_folder import read_cameras
 
     scene, cfg, ckpt, ckpt_path = load_run(target, which=which, device=device)
     method_name = ckpt.get("method", cfg.method)
-    scene_data, note = _scene_data_of(cfg.data)
+    scene_data, why_no_data = _scene_data_of(cfg.data)  # background, scale and look-at of the data
+    try:
+        recorded, why_no_record = read_cameras(run_dir_of(ckpt_path)), None
+    except InputError as err:
+        recorded, why_no_record = None, str(err)
+    note = None
+    if recorded:
+        cameras = recorded
+        if scene_data is None:
+            note = f"data not loaded ({why_no_data}); training cameras from the run's cameras.json"
+    elif scene_data is not None:
+        cameras = list(scene_data.cameras)
+    else:
+        cameras = []
+        note = f"training cameras not shown ({'; '.join(w for w in (why_no_data, why_no_record) if w)})"
     background = run_background(cfg, scene_data)
     scene_scale = scene_data.scene_scale() if scene_data is not None else 1.0
     method = METHODS[method_name](
@@ -197,8 +277,9 @@ def open_run(target: Path, *, device: str = "cpu", which: str = "best") -> ViewT
         render=MethodRenderer(method, lambda: scene),
         background=background,
         max_sh_degree=getattr(scene, "sh_degree", None),
-        cameras=[] if scene_data is None else list(scene_data.cameras),
-        dynamic=scene_data is not None and any(c.time is not None for c in scene_data.cameras),
+        cameras=cameras,
+        load_thumbnail=CameraThumbnails(cameras) if cameras else None,
+        dynamic=any(c.time is not None for c in cameras),
         info=info,
         num_primitives=lambda: scene.num_primitives,
         focus=_demo_look_at(scene_data),

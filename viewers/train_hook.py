@@ -77,7 +77,6 @@ class ViewerHook(TrainHook):
 
     def on_step(self, trainer: Any, stats: dict[str, Any]) -> None:
         assert self.viewer is not None
-        self.viewer.yield_to_renders()
         self.viewer.scene_changed()
         self.update_stats()
 

@@ -8,8 +8,10 @@ CPU path).
 
 Hooks (``Trainer.hooks``, e.g. the live viewer) see the run at its start, after every step, after
 every evaluation and at the end. ``Trainer.lock`` is held while a step changes the scene, so another
-thread may render it between steps; setting ``Trainer.paused`` halts the loop between steps (paused
-time does not count as training time).
+thread may render it between steps; it is a :class:`~recon.training.fair_lock.FairLock`, so a thread
+that asks for it mid-step gets it right after that step instead of competing with the loop's next
+acquire. Setting ``Trainer.paused`` halts the loop between steps (paused time does not count as
+training time).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from recon.errors import InputError
 from recon.eval.evaluate import describe_protocol, evaluate_views
 from recon.training import run_folder
 from recon.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from recon.training.fair_lock import FairLock
 from recon.training.progress import TrainProgress
 from recon.utils.atomic import atomic_path, write_text_atomic
 
@@ -105,7 +108,7 @@ class Trainer:
         self.eval_every = cfg.eval_every or max(1, self.steps // 5)
         self.run_dir = run_folder.resolve_run_dir(cfg)
         self.hooks: list[TrainHook] = list(hooks or [])
-        self.lock = threading.RLock()
+        self.lock = FairLock()  # FIFO: viewers asking between steps are not starved by the loop
         self.paused = threading.Event()
         self.last_stats: dict[str, Any] = {}
         self.last_eval: dict[str, Any] | None = None
@@ -138,6 +141,7 @@ class Trainer:
             run_folder.create(self.run_dir, fresh=cfg.fresh)
         self.method.check(self.scene, self.optimizers)
         write_text_atomic(self.run_dir / "config.yml", dump_config_yaml(cfg))
+        run_folder.write_cameras(self.run_dir, self.data.scene_data.cameras)  # viewers draw them without the data
         self.views_on_device = [self._to_device(v) for v in self.data.train_views]
 
     def _to_device(self, view):
