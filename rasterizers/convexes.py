@@ -29,6 +29,7 @@ from .gaussians import gaussian_colors
 from .reference.composite import composite
 from .reference.convex import CONVEX_MAX_POINTS, CONVEX_RECORD_SIZE, DEPTH_LAWS, convex_footprint, project_convexes
 from .backend import choose_backend
+from .outputs import cuda_output, reference_output
 from .types import RasterSettings, RenderOutput
 
 __all__ = [
@@ -89,15 +90,8 @@ def render_convexes_reference(
         "sigmas": sigmas,
         "colors": feats,
         "hull_counts": proj.counts,
-        "max_weight": res.max_weight,
-        "contrib_count": res.contrib_count,
-        "n_contrib": res.n_contrib,
-        "width": width,
-        "height": height,
-        "tile_size": settings.tile_size,
-        "backend": "reference",
     }
-    return RenderOutput(image=res.image, alpha=res.alpha, depth=res.depth, meta=meta)
+    return reference_output(res, meta, width, height, settings)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,36 +187,20 @@ def render_convexes_cuda(
     feats = cops.camera_features(colors, sh_degree, points.mean(1), viewmats, proj.radii)
     opac = opacities.float()[None].expand(I, -1)
     means2d = proj.means2d if batched else proj.means2d[0]
-    image, alpha, depth, last_ids, n_contrib, max_weight, bins = cops.composite_features(
+    out = cops.composite_features(
         proj.records, proj.depths, proj.rects, opac, feats, width, height, settings, footprint=convex_footprint_id(),
         background=background, depth_feature=proj.depths[..., None] if render_depth else None,
         return_max_weight=return_max_weight, means2d=means2d, exact_tiles=exact_tiles,
     )  # fmt: skip
-
-    def one(t):
-        return t if batched or t is None else t[0]
-
-    meta = {
-        "means2d": means2d,
-        "radii": one(proj.radii),
-        "depths": one(proj.depths),
-        "rects": one(proj.rects),
-        "records": one(proj.records),
-        "opacities": opacities,
-        "sigmas": sigmas,
-        "colors": one(feats),
-        "hull_counts": one(proj.records[..., 2 + 3 * CONVEX_MAX_POINTS].detach().long()),
-        "n_contrib": one(n_contrib),
-        "last_ids": one(last_ids),
-        "n_isects": int(bins.flatten_ids.numel()),
-        "width": width,
-        "height": height,
-        "tile_size": settings.tile_size,
-        "backend": "cuda",
+    per_camera = {
+        "radii": proj.radii,
+        "depths": proj.depths,
+        "rects": proj.rects,
+        "records": proj.records,
+        "colors": feats,
+        "hull_counts": proj.records[..., 2 + 3 * CONVEX_MAX_POINTS].detach().long(),
     }
-    if max_weight is not None:
-        meta["max_weight"] = max_weight.amax(dim=0) if not batched else max_weight
-    return RenderOutput(image=one(image), alpha=one(alpha), depth=one(depth), meta=meta)
+    return cuda_output(out, batched, per_camera, {"means2d": means2d, "opacities": opacities, "sigmas": sigmas}, width, height, settings)
 
 
 def render_convexes(

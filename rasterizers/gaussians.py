@@ -26,6 +26,7 @@ from .reference.footprints import gaussian_footprint
 from .reference.projection import camera_center, project_gaussians
 from .reference.sh import eval_sh
 from .backend import choose_backend
+from .outputs import reference_output
 from .types import RasterSettings, RenderOutput
 
 __all__ = ["render_gaussians", "render_gaussians_reference", "gaussian_colors"]
@@ -92,15 +93,8 @@ def render_gaussians_reference(
         "rects": proj.rects,
         "records": records,
         "compensation": proj.compensation,
-        "max_weight": res.max_weight,
-        "contrib_count": res.contrib_count,
-        "n_contrib": res.n_contrib,
-        "width": width,
-        "height": height,
-        "tile_size": settings.tile_size,
-        "backend": "reference",
     }
-    return RenderOutput(image=res.image, alpha=res.alpha, depth=res.depth, meta=meta)
+    return reference_output(res, meta, width, height, settings)
 
 
 def render_gaussians(

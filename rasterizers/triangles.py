@@ -37,6 +37,7 @@ from .reference.triangle import (
     triangle_footprint,
 )
 from .backend import choose_backend
+from .outputs import cuda_output, reference_output
 from .types import RasterSettings, RenderOutput
 
 __all__ = [
@@ -108,15 +109,8 @@ def render_triangles_reference(
         "inradii": proj.inradii,
         "opacities": opacities,
         "colors": feats,
-        "max_weight": res.max_weight,
-        "contrib_count": res.contrib_count,
-        "n_contrib": res.n_contrib,
-        "width": width,
-        "height": height,
-        "tile_size": settings.tile_size,
-        "backend": "reference",
     }
-    return RenderOutput(image=image, alpha=res.alpha, depth=depth, meta=meta)
+    return reference_output(res, meta, width, height, settings, image=image, depth=depth)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,33 +203,19 @@ def render_triangles_cuda(
         depth_feature = d[..., None, :].expand(-1, -1, 3, 1) if bary else d
     fp = _backend.footprint_id("TriangleBaryFootprint" if bary else "TriangleFootprint")
     opac = opacities.float()[None].expand(I, -1).contiguous()
-    image, alpha, depth, last_ids, n_contrib, max_weight, bins = composite_features(
+    out = composite_features(
         proj.records, proj.depths, proj.rects, opac, feats, width, height, settings, footprint=fp, background=background,
         depth_feature=depth_feature, return_max_weight=return_max_weight,
     )  # fmt: skip
-
-    def one(t):
-        return t if batched or t is None else t[0]
-
-    meta = {
-        "records": one(proj.records),
-        "depths": one(proj.depths),
-        "rects": one(proj.rects),
-        "extents": one(proj.extents),
-        "inradii": one(proj.inradii),
-        "opacities": opacities,
-        "colors": one(feats),
-        "n_contrib": one(n_contrib),
-        "last_ids": one(last_ids),
-        "n_isects": int(bins.flatten_ids.numel()),
-        "width": width,
-        "height": height,
-        "tile_size": settings.tile_size,
-        "backend": "cuda",
+    per_camera = {
+        "records": proj.records,
+        "depths": proj.depths,
+        "rects": proj.rects,
+        "extents": proj.extents,
+        "inradii": proj.inradii,
+        "colors": feats,
     }
-    if max_weight is not None:
-        meta["max_weight"] = max_weight if batched else max_weight[0]
-    return RenderOutput(image=one(image), alpha=one(alpha), depth=one(depth), meta=meta)
+    return cuda_output(out, batched, per_camera, {"opacities": opacities}, width, height, settings)
 
 
 def render_triangles(

@@ -9,17 +9,22 @@ error per tensor.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
+import helpers_cuda
+from helpers_cuda import DEV, rel, render_both
 from recon.rasterizers import RasterSettings
 from recon.rasterizers.convexes import project_convexes_cuda, render_convexes
 from recon.rasterizers.reference.convex import project_convexes
 
 pytestmark = pytest.mark.cuda
 
-DEV = "cuda"
 NAMES = ("points", "deltas", "sigmas", "opacities", "colors")
+camera = functools.partial(helpers_cuda.camera, rotate=True)
+check_images = functools.partial(helpers_cuda.check_images, mean_abs=3e-5)
 
 
 @pytest.fixture(scope="module")
@@ -28,21 +33,6 @@ def cuda_ops():
 
     assert rc.is_available(), rc.unavailable_reason()
     return rc
-
-
-def camera(width, height, seed, rotate=True):
-    f = 0.9 * max(width, height)
-    K = torch.tensor([[f, 0.0, width / 2 + 3.1], [0.0, f * 1.02, height / 2 - 2.3], [0.0, 0.0, 1.0]])
-    viewmat = torch.eye(4)
-    if rotate:
-        g = torch.Generator().manual_seed(seed + 99)
-        q = torch.randn(4, generator=g) * torch.tensor([1.0, 0.1, 0.1, 0.1])
-        w, x, y, z = (q / q.norm()).tolist()
-        viewmat[:3, :3] = torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                                        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                                        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])  # fmt: skip
-        viewmat[:3, 3] = torch.tensor([0.05, -0.03, 0.1])
-    return viewmat, K
 
 
 def scene(n, width, height, seed, k=6, sh_degree=None, size=0.05, soft=False):
@@ -60,21 +50,9 @@ def scene(n, width, height, seed, k=6, sh_degree=None, size=0.05, soft=False):
     return points, deltas, sigmas, opac, colors
 
 
-def rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-
-
-def render_both(inputs, viewmat, K, width, height, *, sh_degree=None, background=None, settings=RasterSettings(),
-                render_depth=False, depth_law="linear", seed=0):  # fmt: skip
-    g = torch.Generator().manual_seed(seed + 7)
-    c = 3 if sh_degree is not None else inputs[4].shape[-1]
-    v_img = torch.randn(height, width, c, generator=g, dtype=torch.float64)
-    v_alpha = torch.randn(height, width, 1, generator=g, dtype=torch.float64)
-    v_depth = torch.randn(height, width, 1, generator=g, dtype=torch.float64) * 0.1
-    outs = {}
-    for name, dev, dt, backend in (("cuda", DEV, torch.float32, "cuda"), ("ref", "cpu", torch.float64, "reference")):
-        leaves = [t.to(dev, dt).clone().requires_grad_(True) for t in inputs]
+def render_convexes_both(inputs, viewmat, K, width, height, *, sh_degree=None, background=None, settings=RasterSettings(),
+                         render_depth=False, depth_law="linear", seed=0):  # fmt: skip
+    def render(leaves, dev, dt, backend):
         bg = None if background is None else background.to(dev, dt)
         sig = leaves[2] * 1.0  # a non-leaf, as the scene hands it over: retain_grad gives dL/dsigma
         out = render_convexes(leaves[0], leaves[1], sig, *leaves[3:], viewmat.to(dev, dt), K.to(dev, dt), width, height,
@@ -83,38 +61,14 @@ def render_both(inputs, viewmat, K, width, height, *, sh_degree=None, background
         assert out.meta["backend"] == backend
         out.meta["means2d"].retain_grad()
         out.meta["sigmas"].retain_grad()
-        loss = (out.image * v_img.to(dev, dt)).sum() + (out.alpha * v_alpha.to(dev, dt)).sum()
-        if render_depth:
-            loss = loss + (out.depth * v_depth.to(dev, dt)).sum()
-        loss.backward()
-        outs[name] = (out, [t.grad for t in leaves])
-    return outs
+        return out
 
-
-def check_images(a, b, name, max_frac=1e-3, max_abs=0.05, mean_abs=3e-5):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    assert a.shape == b.shape, (name, a.shape, b.shape)
-    d = (a - b).abs()
-    frac = (d > 1e-3).double().mean().item()
-    print(f"{name}: max {d.max().item():.2e} mean {d.mean().item():.2e} frac>1e-3 {frac:.2e}")
-    assert torch.isfinite(a).all()
-    assert d.mean().item() < mean_abs, name
-    assert frac < max_frac, name
-    assert d.max().item() < max_abs, name
+    channels = 3 if sh_degree is not None else inputs[4].shape[-1]
+    return render_both(render, inputs, width, height, channels, render_depth=render_depth, seed=seed)
 
 
 def check_grads(outs, tol=1e-2):
-    for n, a, b in zip(NAMES, outs["cuda"][1], outs["ref"][1]):
-        if b is None or b.abs().max() == 0:
-            continue
-        assert a is not None and torch.isfinite(a).all(), n
-        r = rel(a, b)
-        print(f"grad {n}: rel {r:.2e}")
-        assert r < tol, (n, r)
-    for key in ("means2d", "sigmas"):
-        r = rel(outs["cuda"][0].meta[key].grad, outs["ref"][0].meta[key].grad)
-        print(f"grad meta[{key}]: rel {r:.2e}")
-        assert r < tol, (key, r)
+    helpers_cuda.check_grads(outs, NAMES, ("means2d", "sigmas"), tol=tol)
 
 
 def test_policy_registered(cuda_ops):
@@ -130,7 +84,7 @@ def test_policy_registered(cuda_ops):
 def test_render_matches_reference(cuda_ops, width, height, sh_degree, k):
     inputs = scene(250, width, height, seed=width + k + sh_degree, k=k, sh_degree=sh_degree)
     viewmat, K = camera(width, height, seed=width + k)
-    outs = render_both(inputs, viewmat, K, width, height, sh_degree=sh_degree, seed=width + k)
+    outs = render_convexes_both(inputs, viewmat, K, width, height, sh_degree=sh_degree, seed=width + k)
     oc, orf = outs["cuda"][0], outs["ref"][0]
     check_images(oc.image, orf.image, "image")
     check_images(oc.alpha, orf.alpha, "alpha")
@@ -151,7 +105,7 @@ def test_depth_laws_background_depth(cuda_ops, depth_law):
     inputs = scene(300, width, height, seed=11, sh_degree=None)
     viewmat, K = camera(width, height, seed=3)
     bg = torch.tensor([0.2, 0.5, 0.1])
-    outs = render_both(inputs, viewmat, K, width, height, background=bg, render_depth=True, depth_law=depth_law, seed=5)
+    outs = render_convexes_both(inputs, viewmat, K, width, height, background=bg, render_depth=True, depth_law=depth_law, seed=5)
     check_images(outs["cuda"][0].image, outs["ref"][0].image, "image")
     check_images(outs["cuda"][0].depth, outs["ref"][0].depth, "depth", mean_abs=3e-4, max_abs=0.5)
     check_grads(outs)
@@ -162,7 +116,7 @@ def test_soft_edges_and_tile_size_8(cuda_ops):
     width, height = 80, 64
     inputs = scene(150, width, height, seed=21, sh_degree=1, soft=True)
     viewmat, K = camera(width, height, seed=4)
-    outs = render_both(inputs, viewmat, K, width, height, sh_degree=1, settings=RasterSettings(tile_size=8), seed=9)
+    outs = render_convexes_both(inputs, viewmat, K, width, height, sh_degree=1, settings=RasterSettings(tile_size=8), seed=9)
     check_images(outs["cuda"][0].image, outs["ref"][0].image, "image")
     check_grads(outs, tol=2e-2)
 

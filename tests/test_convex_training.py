@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
+from helpers_training import assert_same_tree, interrupt_then_resume, train_to_end
 from recon.config import TrainConfig, dump_config_yaml, train_config_from_dict
 from recon.methods.convexes import ConvexConfig
 from recon.scenes.convexes import ConvexScene
@@ -26,21 +26,7 @@ TINY = dict(data="demo", method="convexes", random_init_points=60, progress=Fals
 
 
 def train(out: Path, **kw) -> Trainer:
-    t = Trainer(TrainConfig(output=out, **{**TINY, **kw}))
-    t.setup()
-    t.train()
-    return t
-
-
-def same(a, b, where="scene"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            same(a[k], b[k], f"{where}.{k}")
-    elif torch.is_tensor(a):
-        assert a.shape == b.shape and torch.equal(a, b), where
-    else:
-        assert a == b, where
+    return train_to_end(TrainConfig(output=out, **{**TINY, **kw}))
 
 
 def test_demo_trains_and_writes_the_shared_outputs(tmp_path):
@@ -65,30 +51,11 @@ def test_resume_equals_straight_run(tmp_path):
     n, k = 24, 12
     straight = train(tmp_path / "a", steps=n, checkpoint_every=4)
     cfg_b = TrainConfig(output=tmp_path / "b", steps=n, checkpoint_every=4, **TINY)
-    t = Trainer(cfg_b)
-    t.setup()
-    original = t.train_step
-
-    class Stop(Exception):
-        pass
-
-    def stopping(step):
-        if step == k + 2:
-            raise Stop()
-        return original(step)
-
-    t.train_step = stopping
-    with pytest.raises(Stop):
-        t.train()
-    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == k
-    resumed = Trainer(cfg_b)
-    resumed.setup()
-    assert resumed.step == k
-    resumed.train()
+    resumed = interrupt_then_resume(cfg_b, crash_step=k + 2, checkpoint_step=k)
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")
-    same(a["scene"], b["scene"])
-    same(a["method_state"], b["method_state"], "method_state")
+    assert_same_tree(a["scene"], b["scene"])
+    assert_same_tree(a["method_state"], b["method_state"], "method_state")
     assert straight.scene.num_primitives == resumed.scene.num_primitives
 
 

@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers_cuda import DEV, camera, check_grads, check_images, rel, render_both
 from recon.rasterizers import RasterSettings, render_gaussians
 from recon.rasterizers.reference import tiles as ref_tiles
 
 pytestmark = pytest.mark.cuda
 
-DEV = "cuda"
+NAMES = ("means", "quats", "scales", "opacities", "colors")
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +37,6 @@ def cuda_ops():
 
     assert rc.is_available(), rc.unavailable_reason()
     return rc
-
-
-def _camera(width, height, f=None, seed=0, rotate=False):
-    f = f if f is not None else 0.9 * max(width, height)
-    K = torch.tensor([[f, 0.0, width / 2 + 3.1], [0.0, f * 1.02, height / 2 - 2.3], [0.0, 0.0, 1.0]])
-    viewmat = torch.eye(4)
-    if rotate:
-        g = torch.Generator().manual_seed(seed + 99)
-        q = torch.randn(4, generator=g) * torch.tensor([1.0, 0.1, 0.1, 0.1])
-        q = q / q.norm()
-        w, x, y, z = q.tolist()
-        R = torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                          [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                          [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])  # fmt: skip
-        viewmat[:3, :3] = R
-        viewmat[:3, 3] = torch.tensor([0.05, -0.03, 0.1])
-    return viewmat, K
 
 
 def _scene(n, width, height, seed, sh_degree=None, channels=3, f=None, scale_log=-2.7):
@@ -72,58 +56,25 @@ def _scene(n, width, height, seed, sh_degree=None, channels=3, f=None, scale_log
     return means, quats, scales, opac, colors
 
 
-def _rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-
-
 def _render_both(inputs, viewmat, K, width, height, *, sh_degree=None, background=None, settings=RasterSettings(),
                  render_depth=False, seed=0):  # fmt: skip
-    """Render with CUDA (float32) and the reference (float64, CPU); backprop the same random cotangents."""
-    g = torch.Generator().manual_seed(seed + 7)
-    c = 3 if sh_degree is not None else inputs[4].shape[-1]
-    v_img = torch.randn(height, width, c, generator=g, dtype=torch.float64)
-    v_alpha = torch.randn(height, width, 1, generator=g, dtype=torch.float64)
-    v_depth = torch.randn(height, width, 1, generator=g, dtype=torch.float64) * 0.1
-    outs = {}
-    for name, dev, dt, backend in (("cuda", DEV, torch.float32, "cuda"), ("ref", "cpu", torch.float64, "reference")):
-        leaves = [t.to(dev, dt).clone().requires_grad_(True) for t in inputs]
-        bg = None if background is None else background.to(dev, dt).clone().requires_grad_(True)
-        out = render_gaussians(*leaves, viewmat.to(dev, dt), K.to(dev, dt), width, height, sh_degree=sh_degree, background=bg,
-                               settings=settings, render_depth=render_depth, backend=backend)  # fmt: skip
+    """Both backends (``helpers_cuda.render_both``); with a ``background`` it is a leaf too (its gradient
+    is the last of each side's gradients)."""
+
+    def render(leaves, dev, dt, backend):
+        bg = leaves[5] if background is not None else None
+        out = render_gaussians(*leaves[:5], viewmat.to(dev, dt), K.to(dev, dt), width, height, sh_degree=sh_degree,
+                               background=bg, settings=settings, render_depth=render_depth, backend=backend)  # fmt: skip
         out.meta["means2d"].retain_grad()
-        loss = (out.image * v_img.to(dev, dt)).sum() + (out.alpha * v_alpha.to(dev, dt)).sum()
-        if render_depth:
-            loss = loss + (out.depth * v_depth.to(dev, dt)).sum()
-        loss.backward()
-        outs[name] = (out, [t.grad for t in leaves], None if bg is None else bg.grad)
-    return outs
+        return out
+
+    leaves = list(inputs) + ([background] if background is not None else [])
+    channels = 3 if sh_degree is not None else inputs[4].shape[-1]
+    return render_both(render, leaves, width, height, channels, render_depth=render_depth, seed=seed)
 
 
-def _check_images(a, b, name, max_frac=1e-3, max_abs=0.05, mean_abs=2e-5):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    assert a.shape == b.shape, (name, a.shape, b.shape)
-    d = (a - b).abs()
-    frac = (d > 1e-3).double().mean().item()
-    print(f"{name}: max {d.max().item():.2e} mean {d.mean().item():.2e} frac>1e-3 {frac:.2e}")
-    assert torch.isfinite(a).all()
-    assert d.mean().item() < mean_abs, name
-    assert frac < max_frac, name
-    assert d.max().item() < max_abs, name
-
-
-def _check_grads(outs, names=("means", "quats", "scales", "opacities", "colors"), tol=1e-2):
-    gc, gr = outs["cuda"][1], outs["ref"][1]
-    for n, a, b in zip(names, gc, gr):
-        if b is None or b.abs().max() == 0:
-            continue
-        assert a is not None and torch.isfinite(a).all(), n
-        r = _rel(a, b)
-        print(f"grad {n}: rel {r:.2e}")
-        assert r < tol, (n, r)
-    r = _rel(outs["cuda"][0].meta["means2d"].grad, outs["ref"][0].meta["means2d"].grad)
-    print(f"grad means2d: rel {r:.2e}")
-    assert r < tol
+def _check_grads(outs, tol=1e-2):
+    check_grads(outs, NAMES, ("means2d",), tol=tol)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,11 +88,11 @@ def test_available_and_built(cuda_ops):
 @pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
 def test_render_matches_reference(cuda_ops, width, height, sh_degree):
     inputs = _scene(300, width, height, seed=width + (sh_degree or 7), sh_degree=sh_degree)
-    viewmat, K = _camera(width, height, seed=width, rotate=True)
+    viewmat, K = camera(width, height, seed=width, rotate=True)
     outs = _render_both(inputs, viewmat, K, width, height, sh_degree=sh_degree, seed=width)
     oc, orf = outs["cuda"][0], outs["ref"][0]
-    _check_images(oc.image, orf.image, "image")
-    _check_images(oc.alpha, orf.alpha, "alpha")
+    check_images(oc.image, orf.image, "image")
+    check_images(oc.alpha, orf.alpha, "alpha")
     vis = orf.meta["radii"] > 0
     assert (oc.meta["radii"].cpu() > 0).eq(vis).float().mean() > 0.999
     torch.testing.assert_close(oc.meta["means2d"].detach().cpu()[vis].double(), orf.meta["means2d"].detach()[vis], rtol=1e-4, atol=1e-3)
@@ -159,15 +110,15 @@ def test_depth_background_antialiased(cuda_ops, antialiased, tile_size):
     width, height = 93, 61
     settings = RasterSettings(antialiased=antialiased, tile_size=tile_size)
     inputs = _scene(400, width, height, seed=3, sh_degree=2)
-    viewmat, K = _camera(width, height, seed=5, rotate=True)
+    viewmat, K = camera(width, height, seed=5, rotate=True)
     bg = torch.tensor([0.2, 0.5, 0.9])
     outs = _render_both(inputs, viewmat, K, width, height, sh_degree=2, background=bg, settings=settings, render_depth=True, seed=11)
     oc, orf = outs["cuda"][0], outs["ref"][0]
-    _check_images(oc.image, orf.image, "image")
-    _check_images(oc.alpha, orf.alpha, "alpha")
-    _check_images(oc.depth, orf.depth, "depth", max_abs=0.2, mean_abs=2e-4)
+    check_images(oc.image, orf.image, "image")
+    check_images(oc.alpha, orf.alpha, "alpha")
+    check_images(oc.depth, orf.depth, "depth", max_abs=0.2, mean_abs=2e-4)
     _check_grads(outs)
-    r = _rel(outs["cuda"][2], outs["ref"][2])
+    r = rel(outs["cuda"][1][5], outs["ref"][1][5])
     print(f"grad background: rel {r:.2e}")
     assert r < 1e-3
 
@@ -175,9 +126,9 @@ def test_depth_background_antialiased(cuda_ops, antialiased, tile_size):
 def test_channels_not_instantiated_are_padded(cuda_ops):
     width, height = 50, 40
     inputs = _scene(200, width, height, seed=21, channels=5)
-    viewmat, K = _camera(width, height)
+    viewmat, K = camera(width, height)
     outs = _render_both(inputs, viewmat, K, width, height, seed=21)
-    _check_images(outs["cuda"][0].image, outs["ref"][0].image, "image")
+    check_images(outs["cuda"][0].image, outs["ref"][0].image, "image")
     _check_grads(outs)
 
 
@@ -186,10 +137,10 @@ def test_dense_scene_saturates(cuda_ops):
     width, height = 80, 64
     inputs = list(_scene(600, width, height, seed=5, scale_log=-1.6))
     inputs[3] = torch.rand(600, generator=torch.Generator().manual_seed(1)) * 0.3 + 0.7
-    viewmat, K = _camera(width, height)
+    viewmat, K = camera(width, height)
     outs = _render_both(inputs, viewmat, K, width, height, seed=5)
     assert outs["ref"][0].alpha.min() > 0.99
-    _check_images(outs["cuda"][0].image, outs["ref"][0].image, "image")
+    check_images(outs["cuda"][0].image, outs["ref"][0].image, "image")
     _check_grads(outs, tol=2e-2)
 
 
@@ -197,7 +148,7 @@ def test_dense_scene_saturates(cuda_ops):
 def test_intersect_matches_reference_exactly(cuda_ops, mode):
     width, height = 200, 130
     inputs = [t.to(DEV) for t in _scene(3000, width, height, seed=8)]
-    viewmat, K = _camera(width, height)
+    viewmat, K = camera(width, height)
     s = RasterSettings()
     proj = cuda_ops.project_gaussians(*inputs[:4], viewmat[None].to(DEV), K[None].to(DEV), width, height, s)
     bins = cuda_ops.intersect_tiles(proj.records, proj.depths, proj.rects, proj.opacities, width, height, s, exact=False, mode=mode)
@@ -219,8 +170,8 @@ def test_intersect_matches_reference_exactly(cuda_ops, mode):
 def test_sort_modes_and_batched_cameras(cuda_ops):
     width, height = 96, 72
     inputs = [t.to(DEV) for t in _scene(800, width, height, seed=12, sh_degree=1)]
-    vm0, K0 = _camera(width, height, seed=1, rotate=True)
-    vm1, K1 = _camera(width, height, seed=2, rotate=True)
+    vm0, K0 = camera(width, height, seed=1, rotate=True)
+    vm1, K1 = camera(width, height, seed=2, rotate=True)
     viewmats, Ks = torch.stack([vm0, vm1]).to(DEV), torch.stack([K0, K1]).to(DEV)
     from recon.rasterizers.cuda import render_gaussians_cuda
 
@@ -234,8 +185,8 @@ def test_sort_modes_and_batched_cameras(cuda_ops):
 def test_batched_gradients_sum_over_cameras(cuda_ops):
     width, height = 64, 48
     base = _scene(200, width, height, seed=13, sh_degree=2)
-    vm0, K0 = _camera(width, height, seed=3, rotate=True)
-    vm1, K1 = _camera(width, height, seed=4, rotate=True)
+    vm0, K0 = camera(width, height, seed=3, rotate=True)
+    vm1, K1 = camera(width, height, seed=4, rotate=True)
     from recon.rasterizers.cuda import render_gaussians_cuda
 
     def grads(viewmat, K):
@@ -247,13 +198,13 @@ def test_batched_gradients_sum_over_cameras(cuda_ops):
     g_batched = grads(torch.stack([vm0, vm1]), torch.stack([K0, K1]))
     g0, g1 = grads(vm0, K0), grads(vm1, K1)
     for a, b, c in zip(g_batched, g0, g1):
-        assert _rel(a, b + c) < 1e-4
+        assert rel(a, b + c) < 1e-4
 
 
 def test_max_weight_and_counts(cuda_ops):
     width, height = 70, 50
     inputs = _scene(300, width, height, seed=17)
-    viewmat, K = _camera(width, height)
+    viewmat, K = camera(width, height)
     from recon.rasterizers.cuda import render_gaussians_cuda
 
     out = render_gaussians_cuda(*[t.to(DEV) for t in inputs], viewmat.to(DEV), K.to(DEV), width, height, return_max_weight=True)
@@ -270,7 +221,7 @@ def test_no_nan_when_everything_culled(cuda_ops):
     means, quats, scales, opac, colors = _scene(50, width, height, seed=2)
     means = means.clone()
     means[:, 2] = -1.0  # behind the camera
-    viewmat, K = _camera(width, height)
+    viewmat, K = camera(width, height)
     leaves = [t.to(DEV).requires_grad_(True) for t in (means, quats, scales, opac, colors)]
     out = render_gaussians(*leaves, viewmat.to(DEV), K.to(DEV), width, height, backend="cuda")
     (out.image.sum() + out.alpha.sum()).backward()
@@ -314,8 +265,8 @@ def test_garden_matches_reference(cuda_ops, recon_data):
         K[:2] *= 0.5
         outs = _render_both(inputs, viewmats[cam], K, w2, h2, seed=cam)
         print(f"camera {cam}:")
-        _check_images(outs["cuda"][0].image, outs["ref"][0].image, "image", max_frac=5e-3)
-        _check_images(outs["cuda"][0].alpha, outs["ref"][0].alpha, "alpha", max_frac=5e-3)
+        check_images(outs["cuda"][0].image, outs["ref"][0].image, "image", max_frac=5e-3)
+        check_images(outs["cuda"][0].alpha, outs["ref"][0].alpha, "alpha", max_frac=5e-3)
         _check_grads(outs, tol=2e-2)
 
 

@@ -49,30 +49,43 @@ def assert_consistent(scene, opts, state):
         assert state[k].shape == (n,), k
 
 
-def snapshot(scene, opts):
+def snapshot(scene, opts, state):
+    """Copies of the parameters, their Adam moments and the strategy statistics."""
     params = {k: v.detach().clone() for k, v in scene.params.items()}
     moments = {k: {m: opts[k].state[v][m].clone() for m in MOMENTS} for k, v in scene.params.items()}
-    return params, moments
+    return params, moments, {k: state[k].clone() for k in STATE_KEYS}
+
+
+def rows_mask(n, rows):
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[rows] = True
+    return mask
+
+
+def assert_rows_from(scene, opts, state, snap, rows, n_new=0):
+    """A consistent state in which row i of every parameter and statistic is row ``rows[i]`` of the
+    snapshot, and so are the Adam moments except for the last ``n_new`` rows (new primitives), whose
+    moments are zero."""
+    assert_consistent(scene, opts, state)
+    before, mom, st_before = snap
+    rows = torch.tensor(rows)
+    n_old = len(rows) - n_new
+    for name, p in scene.params.items():
+        assert torch.equal(p.detach(), before[name][rows]), name
+        for m in MOMENTS:
+            v = opts[name].state[p][m]
+            assert torch.equal(v[:n_old], mom[name][m][rows[:n_old]]), (name, m)
+            assert torch.all(v[n_old:] == 0), (name, m)
+    for k in STATE_KEYS:
+        assert torch.equal(state[k], st_before[k][rows]), k
 
 
 def test_duplicate_appends_copies_with_zero_moments():
     scene, opts, _, state = make()
-    before, mom = snapshot(scene, opts)
-    st_before = {k: state[k].clone() for k in STATE_KEYS}
-    mask = torch.zeros(12, dtype=torch.bool)
-    mask[[1, 4, 7]] = True
-    duplicate(scene.params, opts, state, mask)
+    snap = snapshot(scene, opts, state)
+    duplicate(scene.params, opts, state, rows_mask(12, [1, 4, 7]))
     assert scene.num_primitives == 15
-    assert_consistent(scene, opts, state)
-    for name, p in scene.params.items():
-        assert torch.equal(p[:12], before[name])
-        assert torch.equal(p[12:], before[name][mask])
-        for m in MOMENTS:
-            v = opts[name].state[p][m]
-            assert torch.equal(v[:12], mom[name][m])
-            assert torch.all(v[12:] == 0)
-    for k in STATE_KEYS:
-        assert torch.equal(state[k][12:], st_before[k][mask])
+    assert_rows_from(scene, opts, state, snap, list(range(12)) + [1, 4, 7], n_new=3)
     # the optimizer still works on the new tensors
     for p in scene.params.values():
         p.grad = torch.ones_like(p)
@@ -127,19 +140,10 @@ def test_split_revised_opacity():
 
 def test_remove_drops_exactly_the_masked_rows():
     scene, opts, _, state = make()
-    before, mom = snapshot(scene, opts)
-    st_before = {k: state[k].clone() for k in STATE_KEYS}
-    mask = torch.zeros(12, dtype=torch.bool)
-    mask[[0, 5, 11]] = True
-    remove(scene.params, opts, state, mask)
+    snap = snapshot(scene, opts, state)
+    remove(scene.params, opts, state, rows_mask(12, [0, 5, 11]))
     assert scene.num_primitives == 9
-    assert_consistent(scene, opts, state)
-    for name, p in scene.params.items():
-        assert torch.equal(p.detach(), before[name][~mask])
-        for m in MOMENTS:
-            assert torch.equal(opts[name].state[p][m], mom[name][m][~mask])
-    for k in STATE_KEYS:
-        assert torch.equal(state[k], st_before[k][~mask])
+    assert_rows_from(scene, opts, state, snap, [i for i in range(12) if i not in (0, 5, 11)])
 
 
 def test_reset_opacity_clamps_and_zeroes_moments():

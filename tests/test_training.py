@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers_training import assert_same_tree, interrupt_then_resume
+from helpers_training import train_to_end as train
 from recon.config import TrainConfig
 from recon.strategy import DefaultStrategy
 from recon.training.checkpoint import load_checkpoint
@@ -29,31 +31,8 @@ def tiny_config(out: Path, **kw) -> TrainConfig:
     return TrainConfig(output=out, **{**TINY, **kw})
 
 
-def train(cfg: TrainConfig) -> Trainer:
-    t = Trainer(cfg)
-    t.setup()
-    t.train()
-    return t
-
-
 def params_of(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["scene"]
-
-
-def assert_same_scene(a, b, where: str = "scene") -> None:
-    """Bit-exact equality of nested dicts of tensors."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same_scene(a[k], b[k], f"{where}.{k}")
-    elif torch.is_tensor(a):
-        assert a.shape == b.shape and torch.equal(a, b), where
-    else:
-        assert a == b, where
-
-
-class StopAt(Exception):
-    pass
 
 
 def test_resume_equals_straight_run(tmp_path, monkeypatch):
@@ -61,26 +40,10 @@ def test_resume_equals_straight_run(tmp_path, monkeypatch):
     n, k = 60, 30
     # Densify during the run so the resumed path must restore the strategy state too.
     straight = train(tiny_config(tmp_path / "a", steps=n, checkpoint_every=10))
-    cfg_b = tiny_config(tmp_path / "b", steps=n, checkpoint_every=10)
-    t = Trainer(cfg_b)
-    t.setup()
-    original = t.train_step
-
-    def stopping(step):
-        if step == k + 3:  # killed 3 steps after the checkpoint at k: those 3 steps are lost
-            raise StopAt()
-        return original(step)
-
-    t.train_step = stopping
-    with pytest.raises(StopAt):
-        t.train()
-    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == k
-    resumed = Trainer(cfg_b)
-    resumed.setup()
-    assert resumed.step == k
-    resumed.train()
+    # killed 3 steps after the checkpoint at k: those 3 steps are lost
+    interrupt_then_resume(tiny_config(tmp_path / "b", steps=n, checkpoint_every=10), crash_step=k + 3, checkpoint_step=k)
     assert straight.scene.num_primitives != 800  # densification changed the count
-    assert_same_scene(
+    assert_same_tree(
         params_of(tmp_path / "a" / "checkpoints" / "latest.pt"),
         params_of(tmp_path / "b" / "checkpoints" / "latest.pt"),
     )
@@ -117,7 +80,7 @@ def test_sigkill_then_rerun_resumes(tmp_path):
     subprocess.run([sys.executable, "-m", "recon.cli.train", *args, "--output", str(run)], check=True, env=env,
                    capture_output=True, timeout=600)
     assert load_checkpoint(latest)["step"] == n
-    assert_same_scene(params_of(ref / "checkpoints" / "latest.pt"), params_of(latest))
+    assert_same_tree(params_of(ref / "checkpoints" / "latest.pt"), params_of(latest))
 
 
 def test_fresh_starts_over(tmp_path):

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..outputs import cuda_output
 from ..types import RasterSettings, RenderOutput
 from . import _backend
 
@@ -358,31 +359,15 @@ def render_gaussians_cuda(
         depth_feature=proj.depths[..., None] if render_depth else None, return_max_weight=return_max_weight,
         means2d=means2d, exact_tiles=exact_tiles, sort_mode=sort_mode,
     )  # fmt: skip
-    image, alpha, depth, last_ids, n_contrib, max_weight, bins = out
-
-    def one(t):
-        return t if batched or t is None else t[0]
-
-    meta = {
-        "means2d": means2d,
-        "radii": one(proj.radii),
-        "depths": one(proj.depths),
-        "conics": one(proj.conics),
-        "opacities": one(proj.opacities),
-        "colors": one(feats),
-        "rects": one(proj.rects),
-        "compensation": one(proj.compensation),
-        "n_contrib": one(n_contrib),
-        "last_ids": one(last_ids),
-        "tile_offsets": bins.tile_offsets,
-        "flatten_ids": bins.flatten_ids,
-        "n_isects": int(bins.flatten_ids.numel()),
-        "records": one(proj.records),
-        "width": width,
-        "height": height,
-        "tile_size": settings.tile_size,
-        "backend": "cuda",
+    per_camera = {
+        "radii": proj.radii,
+        "depths": proj.depths,
+        "conics": proj.conics,
+        "opacities": proj.opacities,
+        "colors": feats,
+        "rects": proj.rects,
+        "compensation": proj.compensation,
+        "records": proj.records,
     }
-    if max_weight is not None:
-        meta["max_weight"] = max_weight.amax(dim=0) if not batched else max_weight
-    return RenderOutput(image=one(image), alpha=one(alpha), depth=one(depth), meta=meta)
+    meta = {"means2d": means2d, "tile_offsets": out.bins.tile_offsets, "flatten_ids": out.bins.flatten_ids}
+    return cuda_output(out, batched, per_camera, meta, width, height, settings)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from recon.rasterizers.types import RasterSettings, RenderOutput
-from recon.scenes.base import SceneModel
+from recon.scenes.base import SceneModel, ScheduledAdamConfig, point_array, point_rgb, random_points, sh_colors
 from recon.scenes.gaussians import _knn_scale, rgb_to_sh0
 
 PARAM_NAMES = ("points", "deltas", "sigmas", "opacities", "sh0", "shN")
@@ -39,7 +39,7 @@ PLY_COMMENT = (
 
 
 @dataclass
-class ConvexOptimConfig:
+class ConvexOptimConfig(ScheduledAdamConfig):
     """Per-parameter Adam learning rates of the convex scene (recon defaults; points as Gaussian means).
 
     ``points`` uses ``points_lr * scene_scale`` decayed log-linearly to ``points_lr_final * scene_scale``."""
@@ -56,24 +56,11 @@ class ConvexOptimConfig:
     eps: float = 1e-15
     betas: tuple[float, float] = (0.9, 0.999)
 
-    def initial_lr(self, name: str) -> float:
-        if name == "points":
-            return self.points_lr * self.scene_scale
-        return float(getattr(self, f"{name}_lr"))
+    SCHEDULED = "points"
 
     def points_lr_at(self, step: int, total_steps: int) -> float:
-        t = min(max(step / max(int(total_steps), 1), 0.0), 1.0)
-        lr0, lr1 = self.points_lr, self.points_lr_final
-        if lr0 <= 0 or lr1 <= 0:
-            return lr0 * self.scene_scale
-        return self.scene_scale * lr0 * (lr1 / lr0) ** t
-
-    def apply_schedule(self, optimizers: Mapping[str, torch.optim.Optimizer], step: int, total_steps: int) -> None:
-        opt = optimizers.get("points")
-        if opt is not None:
-            lr = self.points_lr_at(step, total_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
+        """The points learning rate at ``step`` (:meth:`~ScheduledAdamConfig.scheduled_lr_at`)."""
+        return self.scheduled_lr_at(step, total_steps)
 
 
 def fibonacci_sphere(k: int) -> np.ndarray:
@@ -124,15 +111,9 @@ class ConvexScene(SceneModel):
         device: str | torch.device = "cpu",
     ) -> "ConvexScene":
         """One convex per point (3DCS initialisation, see the module docstring); colours uint8 or 0..1."""
-        pts = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
-        pts = pts.astype(np.float64).reshape(-1, 3)
+        pts = point_array(points)
         n = len(pts)
-        if colors is None:
-            rgb = np.full((n, 3), 0.5)
-        else:
-            c = colors.detach().cpu().numpy() if isinstance(colors, torch.Tensor) else np.asarray(colors)
-            c = c.reshape(n, 3)
-            rgb = c.astype(np.float64) / 255.0 if c.dtype == np.uint8 else c.astype(np.float64)
+        rgb = point_rgb(colors, n)
         dist = _knn_scale(pts)  # sqrt(mean squared 3-NN distance)
         offsets = fibonacci_sphere(k)[None] * (radius_scale * dist)[:, None, None]
         f32 = torch.float32
@@ -149,10 +130,8 @@ class ConvexScene(SceneModel):
     @classmethod
     def random_in_bounds(cls, bounds_min: Sequence[float], bounds_max: Sequence[float], n: int, seed: int = 0, **kw) -> "ConvexScene":
         """``n`` convexes at uniform random points of the box with random colours (seeded), then :meth:`from_points`."""
-        rng = np.random.default_rng(seed)
-        lo, hi = np.asarray(bounds_min, np.float64).reshape(3), np.asarray(bounds_max, np.float64).reshape(3)
-        pts = lo + (hi - lo) * rng.random((int(n), 3))
-        return cls.from_points(pts, rng.random((int(n), 3)), **kw)
+        pts, rgb = random_points(bounds_min, bounds_max, n, seed)
+        return cls.from_points(pts, rgb, **kw)
 
     # --- SceneModel -------------------------------------------------------------------------------
     @property
@@ -167,11 +146,7 @@ class ConvexScene(SceneModel):
         return self.num_primitives
 
     def optimizer_groups(self, config: ConvexOptimConfig | None = None) -> list[dict]:
-        config = ConvexOptimConfig() if config is None else config
-        return [
-            {"name": name, "params": [self.params[name]], "lr": config.initial_lr(name), "eps": config.eps, "betas": tuple(config.betas)}
-            for name in PARAM_NAMES
-        ]
+        return (ConvexOptimConfig() if config is None else config).adam_groups(self.params, PARAM_NAMES)
 
     def make_optimizers(self, config: ConvexOptimConfig | None = None) -> dict[str, torch.optim.Optimizer]:
         return super().make_optimizers(ConvexOptimConfig() if config is None else config)
@@ -179,14 +154,13 @@ class ConvexScene(SceneModel):
     def activated(self, sh_degree: int | None = None) -> dict[str, Any]:
         """Post-activation tensors as the rasterizer takes them (differentiable)."""
         p = self.params
-        degree = self.sh_degree if sh_degree is None else max(0, min(int(sh_degree), self.sh_degree))
-        s = (degree + 1) ** 2
+        colors, degree = sh_colors(p, self.sh_degree, sh_degree)
         return {
             "points": p["points"],
             "deltas": torch.exp(p["deltas"]),
             "sigmas": torch.exp(p["sigmas"]),
             "opacities": torch.sigmoid(p["opacities"]),
-            "colors": torch.cat([p["sh0"], p["shN"][:, : s - 1]], dim=1),
+            "colors": colors,
             "sh_degree": degree,
         }
 
@@ -204,24 +178,15 @@ class ConvexScene(SceneModel):
         the rasterizer's (``means2d``, ``sigmas``, ``radii``, ...)."""
         from recon.rasterizers.convexes import render_convexes
 
-        if getattr(camera, "distortion", None) is not None:
-            raise ValueError(f"camera {getattr(camera, 'name', '')!r} has lens distortion; render undistorted (pinhole) cameras")
+        viewmat, K, background = self._camera_inputs(camera, background, self.params["points"])
         act = self.activated(sh_degree)
-        dev, dtype = self.params["points"].device, self.params["points"].dtype
-        viewmat = torch.as_tensor(np.asarray(camera.w2c), dtype=dtype, device=dev)
-        K = torch.as_tensor(np.asarray(camera.K), dtype=dtype, device=dev)
-        if background is not None:
-            background = torch.as_tensor(background, dtype=dtype, device=dev) if not isinstance(background, torch.Tensor) else background.to(dev, dtype)
         out = render_convexes(
             act["points"], act["deltas"], act["sigmas"], act["opacities"], act["colors"], viewmat, K,
             int(camera.width), int(camera.height), sh_degree=act["sh_degree"], background=background,
             settings=RasterSettings() if settings is None else settings, render_depth=render_depth,
             depth_law=self.depth_law, backend=self.backend if backend is None else backend,
         )  # fmt: skip
-        out.meta.setdefault("width", int(camera.width))
-        out.meta.setdefault("height", int(camera.height))
-        out.meta.setdefault("n_cameras", 1)
-        return out
+        return self._with_camera_meta(out, camera)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"sh_degree", "depth_law", "params": {name: tensor}}`` (detached)."""

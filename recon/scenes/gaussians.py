@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from recon.rasterizers.types import RasterSettings, RenderOutput
-from recon.scenes.base import SceneModel
+from recon.scenes.base import SceneModel, ScheduledAdamConfig, point_array, point_rgb, random_points, sh_colors
 
 SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "quats", "scales", "opacities", "sh0", "shN")
@@ -40,7 +40,7 @@ def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class GaussianOptimConfig:
+class GaussianOptimConfig(ScheduledAdamConfig):
     """Per-parameter Adam learning rates (3DGS / gsplat defaults) and the means schedule.
 
     ``means`` uses ``means_lr * scene_scale`` decayed exponentially to ``means_lr_final * scene_scale``
@@ -59,29 +59,11 @@ class GaussianOptimConfig:
     eps: float = 1e-15
     betas: tuple[float, float] = (0.9, 0.999)
 
-    def initial_lr(self, name: str) -> float:
-        if name == "means":
-            return self.means_lr * self.scene_scale
-        return float(getattr(self, f"{name}_lr"))
+    SCHEDULED = "means"
 
     def means_lr_at(self, step: int, total_steps: int) -> float:
-        """Log-linear interpolation from ``means_lr`` to ``means_lr_final`` (× scene_scale) over
-        ``total_steps``: ``lr(s) = lr0 * (lr1/lr0)^(s/total)``, clamped at both ends (gsplat's
-        ``ExponentialLR(gamma = 0.01^(1/max_steps))`` with the default ratio 0.01)."""
-        t = min(max(step / max(int(total_steps), 1), 0.0), 1.0)
-        lr0, lr1 = self.means_lr, self.means_lr_final
-        if lr0 <= 0 or lr1 <= 0:
-            return lr0 * self.scene_scale
-        return self.scene_scale * lr0 * (lr1 / lr0) ** t
-
-    def apply_schedule(self, optimizers: Mapping[str, torch.optim.Optimizer], step: int, total_steps: int) -> None:
-        """Set the learning rate of ``optimizers["means"]`` for ``step`` (call once per step, before
-        ``optimizer.step()``). Other groups are constant."""
-        opt = optimizers.get("means")
-        if opt is not None:
-            lr = self.means_lr_at(step, total_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
+        """The means learning rate at ``step`` (:meth:`~ScheduledAdamConfig.scheduled_lr_at`)."""
+        return self.scheduled_lr_at(step, total_steps)
 
 
 def _knn_scale(points: np.ndarray, k: int = 3) -> np.ndarray:
@@ -141,15 +123,9 @@ class GaussianScene(SceneModel):
         """Gaussians at ``points [N, 3]`` with ``colors [N, 3]`` (uint8 0..255 or float 0..1; grey when
         None). Isotropic scale = ``init_scale`` × sqrt(mean squared distance to the 3 nearest
         neighbours) (scipy cKDTree), identity rotations, opacity ``init_opacity``, higher SH zero."""
-        pts = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
-        pts = pts.astype(np.float64).reshape(-1, 3)
+        pts = point_array(points)
         n = len(pts)
-        if colors is None:
-            rgb = np.full((n, 3), 0.5)
-        else:
-            c = colors.detach().cpu().numpy() if isinstance(colors, torch.Tensor) else np.asarray(colors)
-            c = c.reshape(n, 3)
-            rgb = c.astype(np.float64) / 255.0 if c.dtype == np.uint8 else c.astype(np.float64)
+        rgb = point_rgb(colors, n)
         dist = _knn_scale(pts) * float(init_scale)
         f32 = torch.float32
         means = torch.as_tensor(pts, dtype=f32)
@@ -178,11 +154,7 @@ class GaussianScene(SceneModel):
     ) -> "GaussianScene":
         """``n`` Gaussians uniformly in the box [bounds_min, bounds_max] with random colours (seeded,
         independent of the global RNG), then as :meth:`from_points`."""
-        rng = np.random.default_rng(seed)
-        lo = np.asarray(bounds_min, np.float64).reshape(3)
-        hi = np.asarray(bounds_max, np.float64).reshape(3)
-        pts = lo + (hi - lo) * rng.random((int(n), 3))
-        rgb = rng.random((int(n), 3))
+        pts, rgb = random_points(bounds_min, bounds_max, n, seed)
         return cls.from_points(
             pts, rgb, sh_degree=sh_degree, init_opacity=init_opacity, init_scale=init_scale, device=device
         )
@@ -242,12 +214,7 @@ class GaussianScene(SceneModel):
         return self.num_primitives
 
     def optimizer_groups(self, config: GaussianOptimConfig | None = None) -> list[dict]:
-        config = GaussianOptimConfig() if config is None else config
-        return [
-            {"name": name, "params": [self.params[name]], "lr": config.initial_lr(name), "eps": config.eps,
-             "betas": tuple(config.betas)}
-            for name in PARAM_NAMES
-        ]
+        return (GaussianOptimConfig() if config is None else config).adam_groups(self.params, PARAM_NAMES)
 
     def make_optimizers(self, config: GaussianOptimConfig | None = None) -> dict[str, torch.optim.Optimizer]:
         return super().make_optimizers(GaussianOptimConfig() if config is None else config)
@@ -255,9 +222,7 @@ class GaussianScene(SceneModel):
     def activated(self, sh_degree: int | None = None) -> dict[str, torch.Tensor]:
         """Post-activation tensors as the rasterizer takes them (differentiable)."""
         p = self.params
-        degree = self.sh_degree if sh_degree is None else max(0, min(int(sh_degree), self.sh_degree))
-        k = (degree + 1) ** 2
-        colors = torch.cat([p["sh0"], p["shN"][:, : k - 1]], dim=1)  # [N, K, 3]
+        colors, degree = sh_colors(p, self.sh_degree, sh_degree)  # [N, K, 3]
         return {
             "means": p["means"],
             "quats": p["quats"],
@@ -284,17 +249,8 @@ class GaussianScene(SceneModel):
         strategy) next to what the rasterizer returns (``means2d``, ``radii``, ...)."""
         from recon.rasterizers import render_gaussians
 
-        if getattr(camera, "distortion", None) is not None:
-            raise ValueError(f"camera {getattr(camera, 'name', '')!r} has lens distortion; render undistorted (pinhole) cameras")
+        viewmat, K, background = self._camera_inputs(camera, background, self.params["means"])
         act = self.activated(sh_degree)
-        dev = self.params["means"].device
-        dtype = self.params["means"].dtype
-        viewmat = torch.as_tensor(np.asarray(camera.w2c), dtype=dtype, device=dev)
-        K = torch.as_tensor(np.asarray(camera.K), dtype=dtype, device=dev)
-        if background is not None and not isinstance(background, torch.Tensor):
-            background = torch.as_tensor(background, dtype=dtype, device=dev)
-        elif isinstance(background, torch.Tensor):
-            background = background.to(device=dev, dtype=dtype)
         out = render_gaussians(
             act["means"], act["quats"], act["scales"], act["opacities"], act["colors"],
             viewmat, K, int(camera.width), int(camera.height),
@@ -304,10 +260,7 @@ class GaussianScene(SceneModel):
             render_depth=render_depth,
             backend=self.backend if backend is None else backend,
         )
-        out.meta.setdefault("width", int(camera.width))
-        out.meta.setdefault("height", int(camera.height))
-        out.meta.setdefault("n_cameras", 1)
-        return out
+        return self._with_camera_meta(out, camera)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"sh_degree": int, "params": {name: tensor}}`` (detached; shares storage with the params)."""

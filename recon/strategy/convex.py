@@ -23,21 +23,16 @@ and size only.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
 from recon.strategy import ops
-from recon.strategy.base import Strategy
+from recon.strategy.base import Strategy, as_metas
 
 STATE_KEYS = ("sigma_grad", "grad2d", "count")
-
-
-def _as_list(info):
-    return list(info) if isinstance(info, (list, tuple)) else [info]
 
 
 @dataclass
@@ -61,22 +56,10 @@ class ConvexStrategy(Strategy):
     cap_max: int = 1_000_000
     verbose: bool = False
 
+    STATE_KEYS = STATE_KEYS
     STEP_FIELDS = ("refine_start", "refine_stop", "refine_every", "reset_every")
 
-    def scaled(self, factor: float) -> "ConvexStrategy":
-        """A copy with every step-valued field multiplied by ``factor`` (``refine_every``/``reset_every`` >= 1)."""
-        changes = {}
-        for name in self.STEP_FIELDS:
-            v = int(round(getattr(self, name) * factor))
-            changes[name] = max(v, 1) if name in ("refine_every", "reset_every") else v
-        return dataclasses.replace(self, **changes)
-
-    def initialize_state(self, scene_scale: float = 1.0, num_primitives: int = 0, device: str | torch.device = "cpu") -> dict[str, Any]:
-        state: dict[str, Any] = {k: torch.zeros(num_primitives, dtype=torch.float32, device=device) for k in STATE_KEYS}
-        state["scene_scale"] = float(scene_scale)
-        return state
-
-    def check_sanity(self, params: Mapping[str, torch.nn.Parameter], optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
+    def check_sanity(self, params: Mapping[str, torch.nn.Parameter], optimizers: ops.Optimizers) -> None:
         super().check_sanity(params, optimizers)
         for key in ("points", "deltas", "sigmas", "opacities"):
             if key not in params:
@@ -87,7 +70,7 @@ class ConvexStrategy(Strategy):
         """Retain the gradients of ``meta["sigmas"]`` and ``meta["means2d"]`` (before ``loss.backward()``)."""
         if step >= self.refine_stop:
             return
-        for meta in _as_list(info):
+        for meta in as_metas(info):
             for key in ("sigmas", "means2d"):
                 if key not in meta:
                     raise KeyError(f"info must contain {key!r} (the convex render's meta)")
@@ -98,7 +81,7 @@ class ConvexStrategy(Strategy):
     def step_post_backward(self, params, optimizers, state, step, info, packed: bool = False) -> dict[str, Any]:
         if step >= self.refine_stop:
             return {}
-        for meta in _as_list(info):
+        for meta in as_metas(info):
             self._accumulate(params, state, meta)
         report: dict[str, Any] = {}
         if step > self.refine_start and step % self.refine_every == 0:
@@ -114,11 +97,7 @@ class ConvexStrategy(Strategy):
         if self.opacity_reset and step > 0 and step % self.reset_every == 0:
             ops.reset_opacity(params, optimizers, state, value=self.reset_opa)
             report["opacity_reset"] = True
-        if report:
-            report["num_primitives"] = ops.num_primitives(params)
-            if self.verbose:
-                print(f"[ConvexStrategy] step {step}: {report}")
-        return report
+        return self._summary(params, step, report, self.verbose)
 
     # --- internals -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -128,14 +107,7 @@ class ConvexStrategy(Strategy):
         g_m2d = info["means2d"].grad
         if g_sigma is None or g_m2d is None:
             raise RuntimeError("meta['sigmas'].grad / meta['means2d'].grad is None: call step_pre_backward before loss.backward()")
-        n = ops.num_primitives(params)
-        device = params["points"].device
-        for k in STATE_KEYS:
-            v = state.get(k)
-            if v is None or v.numel() == 0:
-                state[k] = torch.zeros(n, dtype=torch.float32, device=device)
-            elif v.shape[0] != n:
-                raise ValueError(f"strategy state {k!r} has {v.shape[0]} rows but there are {n} primitives")
+        self._sized_state(state, ops.num_primitives(params), params["points"].device)
         radii = info["radii"]
         visible = radii > 0
         if visible.dim() == 2:  # batched cameras [I, N]
@@ -183,27 +155,17 @@ class ConvexStrategy(Strategy):
 
 @torch.no_grad()
 def split_into_children(
-    params: dict[str, torch.nn.Parameter],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    state: dict[str, Any] | None,
-    mask: Tensor,
-    *,
-    scale: float = 0.65,
-    offset: float = 1.0,
-    delta_factor: float = 1.0,
-    sigma_factor: float = 0.87,
-) -> None:
+    params: ops.Params, optimizers: ops.Optimizers, state: ops.StrategyState | None, mask: Tensor, *, scale: float = 0.65,
+    offset: float = 1.0, delta_factor: float = 1.0, sigma_factor: float = 0.87,
+) -> None:  # fmt: skip
     """Replace every masked convex by K children (one per point; see :class:`ConvexStrategy`).
 
     Unmasked convexes keep their order at the front; the children follow, grouped by point index
     ``[child 0 of every parent..., child 1 of every parent..., ...]``. Children get zero Adam moments and
     a copy of the parent's strategy state; other per-convex parameters (SH) are copied."""
-    mask = ops._check_mask(params, mask)
-    n = ops.num_primitives(params)
-    sel = torch.where(mask)[0]
+    sel, rest = ops.selected_and_rest(params, mask)
     if len(sel) == 0:
         return
-    rest = torch.where(~mask)[0]
     pts = params["points"].detach()[sel]  # [s, K, 3]
     k = pts.shape[1]
     c = pts.mean(1, keepdim=True)  # [s, 1, 3]
@@ -211,24 +173,16 @@ def split_into_children(
     centres = c + offset * (pts - c)  # [s, K, 3]: child k sits at parent point k
     children = centres.transpose(0, 1)[:, :, None, :] + shape[None]  # [K, s, K, 3]
 
-    def param_fn(name: str, p: Tensor) -> Tensor:
+    def child_rows(name: str, parent: Tensor) -> Tensor:
         if name == "points":
-            child = children.reshape(k * len(sel), k, 3)
-        elif name == "opacities":
-            o = torch.sigmoid(p[sel]) * 0.5
-            child = torch.log(o / (1.0 - o)).repeat(k)
-        elif name == "deltas":
-            child = (p[sel] * delta_factor).repeat(k)
-        elif name == "sigmas":
-            child = (p[sel] * sigma_factor).repeat(k)
-        else:
-            child = p[sel].repeat((k,) + (1,) * (p.dim() - 1))
-        return torch.cat([p[rest], child.to(p.dtype)])
+            return children.reshape(k * len(sel), k, 3)
+        if name == "opacities":
+            o = torch.sigmoid(parent) * 0.5
+            return torch.log(o / (1.0 - o)).repeat(k)
+        if name == "deltas":
+            return (parent * delta_factor).repeat(k)
+        if name == "sigmas":
+            return (parent * sigma_factor).repeat(k)
+        return parent.repeat((k,) + (1,) * (parent.dim() - 1))
 
-    ops._replace(params, optimizers, param_fn, lambda v: torch.cat([v[rest], ops._zeros_rows(v, k * len(sel))]))
-
-    def state_fn(v: Tensor) -> Tensor:
-        s, r = sel.to(v.device), rest.to(v.device)
-        return torch.cat([v[r], v[s].repeat((k,) + (1,) * (v.dim() - 1))])
-
-    ops._update_state(state, n, state_fn)
+    ops.replace_by_children(params, optimizers, state, sel, rest, k, child_rows)

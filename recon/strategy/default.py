@@ -21,21 +21,17 @@ Screen-size rules (``grow_scale2d``, ``prune_scale2d``) apply only while step < 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
 from recon.strategy import ops
-from recon.strategy.base import Strategy
+from recon.strategy.base import Info, Strategy, as_metas
+from recon.strategy.ops import Optimizers, Params, StrategyState
 
 STATE_KEYS = ("grad2d", "count", "radii")
-
-
-def _as_list(info: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return list(info) if isinstance(info, (list, tuple)) else [info]
 
 
 @dataclass
@@ -64,50 +60,22 @@ class DefaultStrategy(Strategy):
     verbose: bool = False
 
     # --- configuration ---------------------------------------------------------------------------
+    #: accumulators: ``grad2d`` (sum of NDC gradient norms), ``count`` (views where visible), ``radii``
+    #: (max radius / max(W, H)), each [N] float32
+    STATE_KEYS = STATE_KEYS
     STEP_FIELDS = ("refine_start", "refine_stop", "refine_every", "reset_every", "pause_refine_after_reset", "refine_scale2d_stop")
 
-    def scaled(self, factor: float) -> "DefaultStrategy":
-        """A copy with every step-valued field multiplied by ``factor`` (rounded; ``refine_every`` and
-        ``reset_every`` at least 1). E.g. ``scaled(steps / 30_000)`` for a run of ``steps`` steps."""
-        changes = {}
-        for name in self.STEP_FIELDS:
-            v = int(round(getattr(self, name) * factor))
-            if name in ("refine_every", "reset_every"):
-                v = max(v, 1)
-            changes[name] = v
-        return dataclasses.replace(self, **changes)
-
-    # --- state -----------------------------------------------------------------------------------
-    def initialize_state(
-        self, scene_scale: float = 1.0, num_primitives: int = 0, device: str | torch.device = "cpu"
-    ) -> dict[str, Any]:
-        """``{"grad2d": [N] f32 (sum of NDC gradient norms), "count": [N] f32 (views where visible),
-        "radii": [N] f32 (max radius / max(W, H)), "scene_scale": float}``. With ``num_primitives=0``
-        the tensors start empty and are sized at the first :meth:`step_post_backward`."""
-        state: dict[str, Any] = {k: torch.zeros(num_primitives, dtype=torch.float32, device=device) for k in STATE_KEYS}
-        state["scene_scale"] = float(scene_scale)
-        return state
-
-    def check_sanity(
-        self, params: Mapping[str, torch.nn.Parameter], optimizers: Mapping[str, torch.optim.Optimizer]
-    ) -> None:
+    def check_sanity(self, params: Mapping[str, torch.nn.Parameter], optimizers: Optimizers) -> None:
         super().check_sanity(params, optimizers)
         for key in ("means", "scales", "quats", "opacities"):
             if key not in params:
                 raise ValueError(f"DefaultStrategy needs params[{key!r}]")
 
     # --- hooks -----------------------------------------------------------------------------------
-    def step_pre_backward(
-        self,
-        params: Mapping[str, torch.nn.Parameter],
-        optimizers: Mapping[str, torch.optim.Optimizer],
-        state: dict[str, Any],
-        step: int,
-        info: dict[str, Any] | Sequence[dict[str, Any]],
-    ) -> None:
+    def step_pre_backward(self, params: Params, optimizers: Optimizers, state: StrategyState, step: int, info: Info) -> None:
         """Retain the gradient of ``info["means2d"]`` (call before ``loss.backward()``). ``info`` may
         be a list of metas when one step renders several views separately."""
-        for meta in _as_list(info):
+        for meta in as_metas(info):
             if "means2d" not in meta:
                 raise KeyError("info must contain 'means2d' (the render's meta)")
             m = meta["means2d"]
@@ -115,13 +83,7 @@ class DefaultStrategy(Strategy):
                 m.retain_grad()
 
     def step_post_backward(
-        self,
-        params: dict[str, torch.nn.Parameter],
-        optimizers: Mapping[str, torch.optim.Optimizer],
-        state: dict[str, Any],
-        step: int,
-        info: dict[str, Any] | Sequence[dict[str, Any]],
-        packed: bool = False,
+        self, params: Params, optimizers: Optimizers, state: StrategyState, step: int, info: Info, packed: bool = False
     ) -> dict[str, Any]:
         """Accumulate the statistics of this step and refine / reset when scheduled.
 
@@ -135,7 +97,7 @@ class DefaultStrategy(Strategy):
         "num_primitives"}`` for logging."""
         if step >= self.refine_stop:
             return {}
-        metas = _as_list(info)
+        metas = as_metas(info)
         for meta in metas:
             self._accumulate(params, state, meta, packed, batch=len(metas))
         report: dict[str, Any] = {}
@@ -152,11 +114,7 @@ class DefaultStrategy(Strategy):
         if self.opacity_reset and step > 0 and step % self.reset_every == 0:
             ops.reset_opacity(params, optimizers, state, value=2.0 * self.prune_opa)
             report["opacity_reset"] = True
-        if report:
-            report["num_primitives"] = ops.num_primitives(params)
-            if self.verbose:
-                print(f"[DefaultStrategy] step {step}: {report}")
-        return report
+        return self._summary(params, step, report, self.verbose)
 
     # --- internals -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -189,23 +147,15 @@ class DefaultStrategy(Strategy):
             ids = torch.where(visible)[-1]  # primitive index of each visible (camera, primitive)
             vis_g, vis_r = g[visible], r[visible]
 
-        n = ops.num_primitives(params)
         device = g.device
-        for k in STATE_KEYS:
-            v = state.get(k)
-            if v is None or v.numel() == 0:
-                state[k] = torch.zeros(n, dtype=torch.float32, device=device)
-            elif v.shape[0] != n:
-                raise ValueError(f"strategy state {k!r} has {v.shape[0]} rows but there are {n} primitives")
-            elif v.device != device:
-                state[k] = v.to(device)
+        self._sized_state(state, ops.num_primitives(params), device)
         ids = ids.to(device)
         state["grad2d"].index_add_(0, ids, vis_g.norm(dim=-1))
         state["count"].index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
         state["radii"].scatter_reduce_(0, ids, vis_r.float() / max(width, height), reduce="amax")
 
     @torch.no_grad()
-    def _grow(self, params: dict[str, Tensor], optimizers: Mapping[str, torch.optim.Optimizer], state: dict[str, Any], step: int) -> tuple[int, int, int]:
+    def _grow(self, params: Params, optimizers: Optimizers, state: StrategyState, step: int) -> tuple[int, int, int]:
         n = ops.num_primitives(params)
         grads = state["grad2d"] / state["count"].clamp_min(1)
         device = params["means"].device
@@ -240,7 +190,7 @@ class DefaultStrategy(Strategy):
         return n_dup, n_split, capped
 
     @torch.no_grad()
-    def _prune(self, params: dict[str, Tensor], optimizers: Mapping[str, torch.optim.Optimizer], state: dict[str, Any], step: int) -> int:
+    def _prune(self, params: Params, optimizers: Optimizers, state: StrategyState, step: int) -> int:
         prune = torch.sigmoid(params["opacities"].reshape(-1)) < self.prune_opa
         if step > self.reset_every:
             too_big = torch.exp(params["scales"]).max(dim=-1).values > self.prune_scale3d * state["scene_scale"]

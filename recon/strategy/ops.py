@@ -20,6 +20,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
+Params = dict[str, torch.nn.Parameter]  # the scene's parameter dict, edited in place
+Optimizers = Mapping[str, torch.optim.Optimizer]
+StrategyState = dict[str, Any]
 ParamFn = Callable[[str, Tensor], Tensor]
 RowFn = Callable[[Tensor], Tensor]
 
@@ -50,14 +53,14 @@ def _check_mask(params: Mapping[str, Tensor], mask: Tensor) -> Tensor:
     return mask.to(next(iter(params.values())).device)
 
 
+def selected_and_rest(params: Mapping[str, Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The indices of the masked primitives and of the others, in index order (``mask`` checked)."""
+    mask = _check_mask(params, mask)
+    return torch.where(mask)[0], torch.where(~mask)[0]
+
+
 @torch.no_grad()
-def _replace(
-    params: dict[str, torch.nn.Parameter],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    param_fn: ParamFn,
-    moment_fn: RowFn,
-    names: list[str] | None = None,
-) -> None:
+def _replace(params: Params, optimizers: Optimizers, param_fn: ParamFn, moment_fn: RowFn, names: list[str] | None = None) -> None:
     """Replace ``params[name]`` by ``param_fn(name, old)`` and rewrite its optimizer state rows."""
     for name in list(params.keys()) if names is None else names:
         old = params[name]
@@ -81,7 +84,7 @@ def _replace(
                 opt.state[new] = pstate
 
 
-def _update_state(state: dict[str, Any] | None, n_old: int, fn: RowFn) -> None:
+def _update_state(state: StrategyState | None, n_old: int, fn: RowFn) -> None:
     if not state:
         return
     for key, v in list(state.items()):
@@ -98,17 +101,33 @@ def _zeros_rows(v: Tensor, k: int) -> Tensor:
 
 
 @torch.no_grad()
-def duplicate(
-    params: dict[str, torch.nn.Parameter],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    state: dict[str, Any] | None,
-    mask: Tensor,
-) -> None:
+def replace_by_children(
+    params: Params, optimizers: Optimizers, state: StrategyState | None, sel: Tensor, rest: Tensor, copies: int,
+    children: ParamFn,
+) -> None:  # fmt: skip
+    """Replace the primitives ``sel`` by ``copies`` children each; the others (``rest``) keep their order
+    at the front. ``children(name, parent_rows)`` gives the children's rows of parameter ``name`` from
+    its rows at ``sel``, laid out ``[child 0 of every parent..., child 1 of every parent..., ...]``.
+    Children get zero Adam moments and a copy of their parent's strategy state."""
+    n = len(sel) + len(rest)
+    _replace(
+        params, optimizers, lambda name, p: torch.cat([p[rest], children(name, p[sel]).to(p.dtype)]),
+        lambda v: torch.cat([v[rest], _zeros_rows(v, copies * len(sel))]),
+    )  # fmt: skip
+
+    def state_fn(v: Tensor) -> Tensor:
+        s, r = sel.to(v.device), rest.to(v.device)
+        return torch.cat([v[r], v[s].repeat((copies,) + (1,) * (v.dim() - 1))])
+
+    _update_state(state, n, state_fn)
+
+
+@torch.no_grad()
+def duplicate(params: Params, optimizers: Optimizers, state: StrategyState | None, mask: Tensor) -> None:
     """Append an identical copy of every masked primitive (rows N..N+k-1, in index order).
     Copies get zero Adam moments and a copy of the parent's strategy state."""
-    mask = _check_mask(params, mask)
     n = num_primitives(params)
-    sel = torch.where(mask)[0]
+    sel, _ = selected_and_rest(params, mask)
     if len(sel) == 0:
         return
     _replace(params, optimizers, lambda name, p: torch.cat([p, p[sel]]), lambda v: torch.cat([v, _zeros_rows(v, len(sel))]))
@@ -117,25 +136,18 @@ def duplicate(
 
 @torch.no_grad()
 def split(
-    params: dict[str, torch.nn.Parameter],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    state: dict[str, Any] | None,
-    mask: Tensor,
-    revised_opacity: bool = False,
+    params: Params, optimizers: Optimizers, state: StrategyState | None, mask: Tensor, revised_opacity: bool = False,
     generator: torch.Generator | None = None,
-) -> None:
+) -> None:  # fmt: skip
     """Replace every masked Gaussian by 2 children drawn from N(μ, Σ), Σ = R S Sᵀ Rᵀ, with scales
     divided by 1.6 (other parameters copied; with ``revised_opacity`` the child opacity is
     1 - sqrt(1 - o), arXiv:2404.06109). Unmasked primitives keep their order at the front; the
     children follow as [first child of each parent..., second child of each parent...]. Children get
     zero Adam moments and a copy of the parent's strategy state. Needs ``means``, ``scales`` (log),
     ``quats`` (wxyz); ``opacities`` (logit) only with ``revised_opacity``."""
-    mask = _check_mask(params, mask)
-    n = num_primitives(params)
-    sel = torch.where(mask)[0]
+    sel, rest = selected_and_rest(params, mask)
     if len(sel) == 0:
         return
-    rest = torch.where(~mask)[0]
     k = len(sel)
     means = params["means"].detach()
     scales = torch.exp(params["scales"].detach()[sel])  # [k, 3]
@@ -146,35 +158,22 @@ def split(
     ).to(means.device)
     offsets = torch.einsum("kij,kj,bkj->bki", rot, scales, eps)  # R S eps, [2, k, 3]
 
-    def param_fn(name: str, p: Tensor) -> Tensor:
-        reps = (2,) + (1,) * (p.dim() - 1)
+    def children(name: str, parent: Tensor) -> Tensor:
+        reps = (2,) + (1,) * (parent.dim() - 1)
         if name == "means":
-            child = (p[sel].unsqueeze(0) + offsets).reshape(2 * k, 3)
-        elif name == "scales":
-            child = torch.log(scales / 1.6).repeat(2, 1)
-        elif name == "opacities" and revised_opacity:
-            o = torch.sigmoid(p[sel])
-            child = torch.logit(1.0 - torch.sqrt(1.0 - o)).repeat(reps)
-        else:
-            child = p[sel].repeat(reps)
-        return torch.cat([p[rest], child.to(p.dtype)])
+            return (parent.unsqueeze(0) + offsets).reshape(2 * k, 3)
+        if name == "scales":
+            return torch.log(scales / 1.6).repeat(2, 1)
+        if name == "opacities" and revised_opacity:
+            o = torch.sigmoid(parent)
+            return torch.logit(1.0 - torch.sqrt(1.0 - o)).repeat(reps)
+        return parent.repeat(reps)
 
-    _replace(params, optimizers, param_fn, lambda v: torch.cat([v[rest], _zeros_rows(v, 2 * k)]))
-
-    def state_fn(v: Tensor) -> Tensor:
-        s, r = sel.to(v.device), rest.to(v.device)
-        return torch.cat([v[r], v[s].repeat((2,) + (1,) * (v.dim() - 1))])
-
-    _update_state(state, n, state_fn)
+    replace_by_children(params, optimizers, state, sel, rest, 2, children)
 
 
 @torch.no_grad()
-def remove(
-    params: dict[str, torch.nn.Parameter],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    state: dict[str, Any] | None,
-    mask: Tensor,
-) -> None:
+def remove(params: Params, optimizers: Optimizers, state: StrategyState | None, mask: Tensor) -> None:
     """Drop every masked primitive (the rest keep their order, moments and state)."""
     mask = _check_mask(params, mask)
     n = num_primitives(params)
@@ -186,12 +185,7 @@ def remove(
 
 
 @torch.no_grad()
-def reset_opacity(
-    params: dict[str, torch.nn.Parameter],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    state: dict[str, Any] | None,
-    value: float,
-) -> None:
+def reset_opacity(params: Params, optimizers: Optimizers, state: StrategyState | None, value: float) -> None:
     """Clamp every opacity to at most ``value`` (post-sigmoid; the logit is clamped) and zero the Adam
     moments of ``opacities``. Other parameters and the strategy state are untouched."""
     if not 0.0 < value < 1.0:
