@@ -12,35 +12,13 @@ from recon.methods.triangles import OpaqueTriangleConfig, TriangleConfig
 from recon.scenes.triangles import OpaqueTriangleScene, TriangleScene
 from recon.strategy.base import Strategy
 from recon.strategy.triangle import TriangleSoupStrategy, remove_faces, subdivide_faces
+from helpers_training import assert_same_tree, interrupt_then_resume, train_to_end
 from recon.training.checkpoint import load_checkpoint
-from recon.training.trainer import Trainer
 
 SOUP = TriangleConfig(random_init_points=250, refine_start=4, refine_every=4, refine_stop=1000)
 OPAQUE = OpaqueTriangleConfig(random_init_points=120, refine_start=4, refine_every=4, refine_stop=9, final_window=0.25)
 TINY = dict(data="demo", downscale=4, progress=False, save_eval_renders=False, eval_every=1000, compress_schedules=False,
             sh_degree=1, sh_degree_interval=5, triangles=SOUP, opaque_triangles=OPAQUE)  # fmt: skip
-
-
-def _train(cfg: TrainConfig) -> Trainer:
-    t = Trainer(cfg)
-    t.setup()
-    t.train()
-    return t
-
-
-class _Stop(Exception):
-    pass
-
-
-def _same(a, b, where="scene"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif torch.is_tensor(a):
-        assert a.shape == b.shape and torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,7 +123,7 @@ def test_config_round_trip_keeps_triangle_sections(tmp_path):
 @pytest.mark.parametrize("method", ["triangles", "opaque-triangles"])
 def test_tiny_run_and_bit_exact_resume(tmp_path, method):
     n, k = 12, 6
-    straight = _train(TrainConfig(output=tmp_path / "a", method=method, steps=n, checkpoint_every=3, **TINY))
+    straight = train_to_end(TrainConfig(output=tmp_path / "a", method=method, steps=n, checkpoint_every=3, **TINY))
     summary = straight.last_eval
     assert summary is not None and summary["method"] == method
     exports = straight.export()
@@ -155,30 +133,17 @@ def test_tiny_run_and_bit_exact_resume(tmp_path, method):
         assert straight.scene.weight_floor > OPAQUE.floor_start
     # the same run killed one step after its checkpoint at step k, then resumed by re-running it
     cfg_b = TrainConfig(output=tmp_path / "b", method=method, steps=n, checkpoint_every=3, **TINY)
-    t = Trainer(cfg_b)
-    t.setup()
-    original = t.train_step
-
-    def stopping(step):
-        if step == k + 1:
-            raise _Stop()
-        return original(step)
-
-    t.train_step = stopping
-    with pytest.raises(_Stop):
-        t.train()
-    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == k
-    resumed = _train(cfg_b)
+    resumed = interrupt_then_resume(cfg_b, crash_step=k + 1, checkpoint_step=k)
     assert resumed.step == n
-    _same(load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")["scene"],
-          load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["scene"])  # fmt: skip
+    assert_same_tree(load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")["scene"],
+                     load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["scene"])  # fmt: skip
 
 
 def test_cli_runs_both_methods(tmp_path):
     from recon.cli.train import entrypoint  # noqa: F401 - the CLI module imports
 
     cfg = TrainConfig(output=tmp_path / "o", method="opaque-triangles", steps=3, **TINY)
-    t = _train(cfg)
+    t = train_to_end(cfg)
     assert Path(t.run_dir / "config.yml").read_text().count("opaque_triangles") == 1
 
 

@@ -30,37 +30,12 @@ import torch
 
 from recon.rasterizers.reference.triangle import TriangleSettings
 from recon.rasterizers.types import RasterSettings, RenderOutput
-from recon.scenes.base import SceneModel
+from recon.scenes.base import SceneModel, point_array, point_rgb, sh_colors
 from recon.scenes.gaussians import _knn_scale, rgb_to_sh0
 
 SOUP_PARAMS = ("vertices", "sigmas", "opacities", "sh0", "shN")
 OPAQUE_PARAMS = ("vertices", "weights", "sh0", "shN")
 SIGMA_OFFSET = 0.01
-
-
-def _rgb(colors: Any, n: int) -> np.ndarray:
-    if colors is None:
-        return np.full((n, 3), 0.5)
-    c = colors.detach().cpu().numpy() if isinstance(colors, torch.Tensor) else np.asarray(colors)
-    c = c.reshape(n, 3)
-    return c.astype(np.float64) / 255.0 if c.dtype == np.uint8 else c.astype(np.float64)
-
-
-def _points(points: Any) -> np.ndarray:
-    pts = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
-    return pts.astype(np.float64).reshape(-1, 3)
-
-
-def _as_tensor(x: Any, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.to(device=like.device, dtype=like.dtype)
-    return torch.as_tensor(np.asarray(x), dtype=like.dtype, device=like.device)
-
-
-def _camera_tensors(camera: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if getattr(camera, "distortion", None) is not None:
-        raise ValueError(f"camera {getattr(camera, 'name', '')!r} has lens distortion; render undistorted (pinhole) cameras")
-    return _as_tensor(camera.w2c, like), _as_tensor(camera.K, like)
 
 
 class _ParamScene(SceneModel):
@@ -79,9 +54,7 @@ class _ParamScene(SceneModel):
         self.sh_degree = sh_degree
 
     def sh_coeffs(self, sh_degree: int | None) -> tuple[torch.Tensor, int]:
-        degree = self.sh_degree if sh_degree is None else max(0, min(int(sh_degree), self.sh_degree))
-        k = (degree + 1) ** 2
-        return torch.cat([self.params["sh0"], self.params["shN"][:, : k - 1]], dim=1), degree
+        return sh_colors(self.params, self.sh_degree, sh_degree)
 
 
 class TriangleScene(_ParamScene):
@@ -109,7 +82,7 @@ class TriangleScene(_ParamScene):
     ) -> "TriangleScene":  # fmt: skip
         """One equilateral triangle per point: vertices at ``init_size * d`` from it along three coplanar unit
         directions 120 degrees apart, randomly rotated (``d`` = RMS distance to the 3 nearest points)."""
-        pts = _points(points)
+        pts = point_array(points)
         n = len(pts)
         rng = np.random.default_rng(seed)
         ang = np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
@@ -129,7 +102,7 @@ class TriangleScene(_ParamScene):
             "vertices": torch.as_tensor(verts, dtype=f32),
             "sigmas": torch.full((n,), math.log(init_sigma - SIGMA_OFFSET), dtype=f32),
             "opacities": torch.full((n,), math.log(init_opacity / (1 - init_opacity)), dtype=f32),
-            "sh0": rgb_to_sh0(torch.as_tensor(_rgb(colors, n), dtype=f32)).reshape(n, 1, 3),
+            "sh0": rgb_to_sh0(torch.as_tensor(point_rgb(colors, n), dtype=f32)).reshape(n, 1, 3),
             "shN": torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3, dtype=f32),
         }
         return cls(params, sh_degree=sh_degree, triangle_settings=triangle_settings)
@@ -156,8 +129,7 @@ class TriangleScene(_ParamScene):
         from recon.rasterizers.triangles import render_triangles
 
         like = self.params["vertices"]
-        viewmat, K = _camera_tensors(camera, like)
-        bg = None if background is None else _as_tensor(background, like)
+        viewmat, K, bg = self._camera_inputs(camera, background, like)
         act = self.activated()
         coeffs, degree = self.sh_coeffs(sh_degree)
         out = render_triangles(
@@ -165,8 +137,7 @@ class TriangleScene(_ParamScene):
             sh_degree=degree, background=bg, settings=settings or RasterSettings(), triangle_settings=self.triangle_settings,
             render_depth=render_depth, backend=backend or self.backend,
         )  # fmt: skip
-        out.meta.update(width=int(camera.width), height=int(camera.height), n_cameras=1)
-        return out
+        return self._with_camera_meta(out, camera)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sh_degree": self.sh_degree, "params": {k: v.detach() for k, v in self.params.items()},
@@ -233,7 +204,7 @@ class OpaqueTriangleScene(_ParamScene):
         ``max_faces`` > 0 keeps a random subset of that many."""
         from scipy.spatial import Delaunay
 
-        pts = _points(points)
+        pts = point_array(points)
         n = len(pts)
         if n < 4:
             raise ValueError(f"need at least 4 points for a tetrahedralisation, got {n}")
@@ -255,7 +226,7 @@ class OpaqueTriangleScene(_ParamScene):
         params = {
             "vertices": torch.as_tensor(pts[used], dtype=f32),
             "weights": torch.full((m,), math.log(init_weight / (1 - init_weight)), dtype=f32),
-            "sh0": rgb_to_sh0(torch.as_tensor(_rgb(colors, n)[used], dtype=f32)).reshape(m, 1, 3),
+            "sh0": rgb_to_sh0(torch.as_tensor(point_rgb(colors, n)[used], dtype=f32)).reshape(m, 1, 3),
             "shN": torch.zeros(m, (sh_degree + 1) ** 2 - 1, 3, dtype=f32),
         }
         return cls(params, torch.as_tensor(remap[faces]), sh_degree=sh_degree, triangle_settings=triangle_settings)
@@ -294,8 +265,7 @@ class OpaqueTriangleScene(_ParamScene):
         from recon.rasterizers.triangles import render_triangles
 
         like = self.params["vertices"]
-        viewmat, K = _camera_tensors(camera, like)
-        bg = None if background is None else _as_tensor(background, like)
+        viewmat, K, bg = self._camera_inputs(camera, background, like)
         vcol = self.vertex_colors(camera_center(viewmat), sh_degree)
         verts = self.params["vertices"][self.faces]  # [F, 3, 3]
         sigmas = torch.full((self.num_primitives,), self.sigma, dtype=like.dtype, device=like.device)
@@ -304,8 +274,7 @@ class OpaqueTriangleScene(_ParamScene):
             background=bg, settings=settings or RasterSettings(), triangle_settings=self.triangle_settings,
             render_depth=render_depth, backend=backend or self.backend,
         )  # fmt: skip
-        out.meta.update(width=int(camera.width), height=int(camera.height), n_cameras=1)
-        return out
+        return self._with_camera_meta(out, camera)
 
     def state_dict(self) -> dict[str, Any]:
         return {
