@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ COLOR_BOUND = 0.06
 EXPORT_ARGS = ("--mesh-resolution", "192", "--faces", "6000")
 STAGES_TEXTURED = ("render + TSDF fusion", "marching cubes", "clean", "decimate to 6,000 faces", "UV unwrap",
                    "texture bake", "write GLB")
+STAGE_TIMES = ("render + TSDF fusion", "marching cubes", "clean", "decimate", "unwrap", "bake", "write")
 
 
 def _surface_gaussians(n: int, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -182,6 +184,16 @@ def _check_stages(stdout: str, stages: tuple[str, ...], absent: tuple[str, ...] 
         assert name not in stdout, f"stage {name!r} should not run:\n{stdout}"
 
 
+def _check_stage_times(stdout: str, names: tuple[str, ...], absent: tuple[str, ...] = ()) -> None:
+    """The closing line lists each stage's seconds (and only the stages that ran)."""
+    line, = [line for line in stdout.splitlines() if line.startswith("stage times:")]
+    for name in names:
+        assert re.search(rf"(: |, ){re.escape(name)} \d+\.\d s", line), (name, line)
+    for name in absent:
+        assert f" {name} " not in line, (name, line)
+    assert re.search(r"\(total \d+\.\d s\)$", line), line
+
+
 def _no_leftovers(folder: Path, keep: set[str]) -> None:
     assert {p.name for p in folder.iterdir()} == keep  # no temp files from the atomic writes
 
@@ -194,6 +206,7 @@ def test_textured_mesh_from_a_trained_run(trained_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     _no_leftovers(out.parent, {"scene.glb"})
     _check_stages(proc.stdout, STAGES_TEXTURED)
+    _check_stage_times(proc.stdout, STAGE_TIMES)
     assert f"wrote {out}" in " ".join(proc.stdout.split())
 
     mesh = _read_mesh(out)
@@ -237,6 +250,8 @@ def test_vertex_colour_mesh_with_another_target_and_scale(trained_run):
     _no_leftovers(out.parent, {"point_cloud.ply", "mesh.glb"})  # the PLY is recon-train's
     _check_stages(proc.stdout, tuple(s for s in STAGES_TEXTURED if s not in ("UV unwrap", "texture bake")),
                   absent=("UV unwrap", "texture bake"))
+    _check_stage_times(proc.stdout, tuple(s for s in STAGE_TIMES if s not in ("unwrap", "bake")),
+                       absent=("unwrap", "bake"))
 
     mesh = _read_mesh(out)
     assert mesh["attributes"] == {"POSITION", "NORMAL", "COLOR_0"}

@@ -219,7 +219,10 @@ def _check_output_file(out: Path, suffix: str) -> None:
 
 
 def _mesh_pipeline(cfg: MeshExport, scene, views, background, up, ckpt_path, train_cfg, out, console, columns):
-    """Render + fuse, clean, decimate, unwrap + bake (or vertex colours), write: each a progress stage."""
+    """Render + fuse, clean, decimate, unwrap + bake (or vertex colours), write: each a progress stage,
+    and one line with the seconds each took at the end."""
+    import time
+
     from rich.progress import Progress
 
     from recon.export.gltf import write_mesh_glb
@@ -228,24 +231,36 @@ def _mesh_pipeline(cfg: MeshExport, scene, views, background, up, ckpt_path, tra
     from recon.export.tsdf import TsdfConfig, mesh_from_scene
 
     cameras = [v.camera for v in views]
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     with Progress(*columns, console=console, transient=False) as progress:
 
-        def stage(description, fn, *args, **kw):
-            task = progress.add_task(description, total=1)
+        def timed(name, fn, *args, **kw):
+            t0 = time.perf_counter()
             result = fn(*args, **kw)
+            timings[name] = time.perf_counter() - t0
+            return result
+
+        def stage(name, description, fn, *args, **kw):
+            task = progress.add_task(description, total=1)
+            result = timed(name, fn, *args, **kw)
             progress.update(task, completed=1)
             return result
 
         tsdf = TsdfConfig(voxel_size=cfg.voxel_size, mesh_resolution=cfg.mesh_resolution)
-        raw = mesh_from_scene(scene, cameras, tsdf, background=background, progress=progress)
-        mesh = stage("clean (largest component, small holes)", clean_mesh, raw)
-        mesh = stage(f"decimate to {cfg.faces:,} faces", decimate, mesh, cfg.faces)
+        raw = mesh_from_scene(scene, cameras, tsdf, background=background, progress=progress, timings=timings)
+        mesh = stage("clean", "clean (largest component, small holes)", clean_mesh, raw)
+        mesh = stage("decimate", f"decimate to {cfg.faces:,} faces", decimate, mesh, cfg.faces)
         if not cfg.vertex_colors:
-            mesh = stage("UV unwrap (xatlas)", unwrap_uvs, mesh, resolution=cfg.texture_size)
+            mesh = stage("unwrap", f"UV unwrap (xatlas, {mesh.num_faces:,} faces)", unwrap_uvs, mesh,
+                         resolution=cfg.texture_size)
             images = [(v.camera, v.image.detach().float().cpu().numpy()) for v in views]
-            mesh = bake_texture(mesh, images, size=cfg.texture_size, progress=progress).replace(vertex_colors=None)
+            mesh = timed("bake", bake_texture, mesh, images, size=cfg.texture_size, progress=progress)
+            mesh = mesh.replace(vertex_colors=None)
         extras = {"source_checkpoint": str(ckpt_path), "method": getattr(train_cfg, "method", None)}
-        stage("write GLB", write_mesh_glb, mesh, out, target=cfg.target, up=up, scale=cfg.scale, extras=extras)
+        stage("write", "write GLB", write_mesh_glb, mesh, out, target=cfg.target, up=up, scale=cfg.scale, extras=extras)
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+    console.print(f"stage times: {parts} (total {time.perf_counter() - start:.1f} s)", highlight=False, soft_wrap=True)
     return mesh
 
 

@@ -6,7 +6,8 @@ extracted surface (TSDF, marching cubes, opaque triangles) and a file a game eng
 - :func:`clean_mesh`: drop degenerate and duplicate faces, keep the largest connected components,
   fill small holes, drop unreferenced vertices.
 - :func:`decimate`: quadric edge-collapse decimation to a face budget (open3d), colours kept.
-- :func:`unwrap_uvs`: a UV atlas (xatlas); seam vertices are duplicated.
+- :func:`unwrap_uvs`: a UV atlas (xatlas, fed in spatial chunks with bounded charts); seam vertices
+  are duplicated.
 
 UV convention (the same as glTF): ``u`` runs left to right, ``v`` top to bottom of the image, i.e.
 texel row ``floor(v * H)`` of ``texture`` (row 0 is the top row of the image).
@@ -331,24 +332,78 @@ def decimate(mesh: TriangleMesh, target_faces: int) -> TriangleMesh:
 
 
 # --- UV atlas ---------------------------------------------------------------------------------------
-def unwrap_uvs(mesh: TriangleMesh, *, resolution: int = 1024, padding: int = 2) -> TriangleMesh:
+# Defaults measured on 50k-200k-face meshes (docs/mesh_export.md, "Defaults and what they cost"):
+# xatlas' time grows much faster than linearly with the size of the mesh it is given and of the
+# charts it grows, so one 200k-face mesh took about ten minutes. Handing it the mesh in spatial
+# chunks and capping the chart area makes it seconds, packed into one atlas as before, with about
+# the same share of the texture used.
+UNWRAP_CHUNK_FACES = 20_000
+UNWRAP_MAX_CHART_FACES = 1_000
+
+
+def spatial_chunks(points: np.ndarray, max_size: int) -> list[np.ndarray]:
+    """Split ``points`` [N, 3] into groups of at most ``max_size`` (index arrays, each sorted) by
+    halving at the median of the longest extent, recursively: compact, nearly equal chunks."""
+    if max_size < 1:
+        raise ValueError(f"max_size must be >= 1, got {max_size}")
+    todo, done = [np.arange(len(points))], []
+    while todo:
+        group = todo.pop()
+        if len(group) <= max_size:
+            done.append(group)
+            continue
+        p = points[group]
+        axis = int(np.argmax(p.max(0) - p.min(0)))
+        order = group[np.argsort(p[:, axis], kind="stable")]
+        half = len(order) // 2
+        todo += [np.sort(order[:half]), np.sort(order[half:])]
+    done.sort(key=lambda g: int(g[0]) if len(g) else -1)  # deterministic order
+    return done
+
+
+def unwrap_uvs(mesh: TriangleMesh, *, resolution: int = 1024, padding: int = 2,
+               chunk_faces: int = UNWRAP_CHUNK_FACES, max_chart_faces: int | None = UNWRAP_MAX_CHART_FACES) -> TriangleMesh:
     """Charts and an atlas from xatlas. Vertices on chart seams are duplicated (each copy carries
-    its chart's UV); colours and normals follow their vertex. ``resolution`` and ``padding`` (texels)
-    size the packing so charts do not bleed into each other at that texture size."""
+    its chart's UV); colours and normals follow their vertex; faces keep their order. ``resolution``
+    and ``padding`` (texels) size the packing so charts do not bleed into each other at that texture
+    size.
+
+    Speed (see the constants above): the mesh goes to xatlas in spatial chunks of at most
+    ``chunk_faces`` faces (chunk borders become chart seams), and no chart grows beyond the area of
+    about ``max_chart_faces`` average faces (``None``: unbounded, xatlas' default)."""
     if mesh.num_faces == 0:
         raise ValueError("cannot unwrap a mesh without faces")
+    if chunk_faces < 1:
+        raise ValueError(f"chunk_faces must be >= 1, got {chunk_faces}")
+    if max_chart_faces is not None and max_chart_faces < 1:
+        raise ValueError(f"max_chart_faces must be >= 1 or None, got {max_chart_faces}")
     import xatlas
 
+    faces = mesh.faces.astype(np.int64)
+    chunks = spatial_chunks(mesh.vertices[faces].mean(1), chunk_faces)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(mesh.vertices, mesh.faces.astype(np.uint32))
+    chunk_vertices = []
+    for group in chunks:
+        used, local = np.unique(faces[group], return_inverse=True)
+        chunk_vertices.append(used)
+        atlas.add_mesh(mesh.vertices[used], local.reshape(-1, 3).astype(np.uint32))
+    charts = xatlas.ChartOptions()
+    if max_chart_faces is not None:
+        mean_face_area = 0.5 * float(np.linalg.norm(mesh.face_normals(), axis=1).mean())
+        charts.max_chart_area = max_chart_faces * mean_face_area
     pack = xatlas.PackOptions()
     pack.resolution = int(resolution)
     pack.padding = int(padding)
     pack.bilinear = True
-    atlas.generate(xatlas.ChartOptions(), pack)
-    vmapping, indices, uvs = atlas[0]
-    vmapping = np.asarray(vmapping, dtype=np.int64)
-    fields = {k: v[vmapping] for k, v in _vertex_fields(mesh).items() if k != "uvs"}
+    atlas.generate(charts, pack)
+    vmapping, out_faces, uvs, offset = [], np.empty_like(faces), [], 0
+    for i, (group, used) in enumerate(zip(chunks, chunk_vertices)):
+        chunk_map, chunk_faces_out, chunk_uvs = atlas[i]
+        vmapping.append(used[np.asarray(chunk_map, dtype=np.int64)])
+        out_faces[group] = np.asarray(chunk_faces_out, dtype=np.int64).reshape(-1, 3) + offset
+        uvs.append(np.asarray(chunk_uvs, dtype=np.float32))
+        offset += len(chunk_map)
+    vmap = np.concatenate(vmapping)
+    fields = {k: v[vmap] for k, v in _vertex_fields(mesh).items() if k != "uvs"}
     # xatlas' v grows with the atlas row index, i.e. downwards in an image: already glTF's convention.
-    return mesh.replace(faces=np.asarray(indices, dtype=np.int32), uvs=np.asarray(uvs, dtype=np.float32),
-                        texture=None, **fields)
+    return mesh.replace(faces=out_faces.astype(np.int32), uvs=np.concatenate(uvs), texture=None, **fields)
