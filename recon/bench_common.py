@@ -13,6 +13,20 @@ import math
 from typing import Callable
 
 
+def require_cuda_core(tool: str) -> None:
+    """Raise InputError (one line, exit 2 from the CLI) unless a GPU and the built recon CUDA core are there."""
+    import torch
+
+    from recon.errors import InputError
+
+    if not torch.cuda.is_available():
+        raise InputError(None, f"{tool} needs a CUDA GPU")
+    from recon.rasterizers import cuda as rc
+
+    if not rc.is_available():
+        raise InputError(None, f"recon CUDA core unavailable: {rc.unavailable_reason()} (run recon-doctor)")
+
+
 def fmt(v, p: int = 2) -> str:
     """A table cell: ``v`` with ``p`` decimals, or an em dash for missing / NaN values."""
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{p}f}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from recon.bench_common import require_cuda_core
 from recon.cli.common import run_cli
 from recon.errors import InputError
 
@@ -213,12 +214,7 @@ def _isects(tensors, viewmats, Ks, width, height, sh_degree, variant) -> int:
 def run_raster(cfg: RasterBench) -> int:
     import torch
 
-    if not torch.cuda.is_available():
-        raise InputError(None, "recon-bench raster needs a CUDA GPU")
-    from recon.rasterizers import cuda as rc
-
-    if not rc.is_available():
-        raise InputError(None, f"recon CUDA core unavailable: {rc.unavailable_reason()} (run recon-doctor)")
+    require_cuda_core("recon-bench raster")
     for v in cfg.variants:
         if v not in VARIANTS:
             raise InputError(None, f"unknown variant {v!r}; choose from {sorted(VARIANTS)}")

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from recon.bench_common import require_cuda_core
 from recon.errors import InputError
 
 
@@ -110,12 +111,7 @@ def run_hashgrid(cfg: HashGridBench) -> int:
     from recon.rasterizers.hashgrid import HashGridConfig, hash_grid_encode_cuda, init_table
     from recon.rasterizers.reference.hashgrid import VectorizedHashGrid
 
-    if not torch.cuda.is_available():
-        raise InputError(None, "recon-bench hashgrid needs a CUDA GPU")
-    from recon.rasterizers.cuda import _backend
-
-    if not _backend.is_available():
-        raise InputError(None, f"recon CUDA core unavailable: {_backend.unavailable_reason()} (run recon-doctor)")
+    require_cuda_core("recon-bench hashgrid")
     for layout in cfg.layouts:
         if layout not in ("row", "feature"):
             raise InputError(None, f"unknown layout {layout!r}: use 'row' or 'feature'")
