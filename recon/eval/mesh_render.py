@@ -109,16 +109,16 @@ def glb_psnr(path: str | Path, views: Sequence[Any], background: Sequence[float]
     """Render the GLB from each view's camera and compare with its image (inside the view's mask, when
     it has one, as the splat evaluation does): ``{"psnr", "per_view", "faces"}``."""
     mesh = load_glb_mesh(path)
+    import torch
+
+    from recon.eval.metrics import psnr
+
+    def as64(x: Any) -> torch.Tensor:
+        return torch.as_tensor(x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x), dtype=torch.float64)
+
     values = []
     for view in views:
-        img = render_mesh(mesh, view.camera, background, supersample=supersample).astype(np.float64)
-        gt = view.image.detach().cpu().numpy() if hasattr(view.image, "detach") else np.asarray(view.image)
-        err = (img - gt.astype(np.float64)) ** 2
+        img = torch.from_numpy(render_mesh(mesh, view.camera, background, supersample=supersample).astype(np.float64))
         mask = getattr(view, "mask", None)
-        if mask is not None:
-            m = np.broadcast_to(mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask), err.shape)
-            mse = float((err * m).sum() / max(m.sum(), 1.0))
-        else:
-            mse = float(err.mean())
-        values.append(10.0 * np.log10(1.0 / max(mse, 1e-12)))
+        values.append(float(psnr(img, as64(view.image), None if mask is None else as64(mask))))
     return {"psnr": float(np.mean(values)), "per_view": values, "faces": int(mesh.num_faces)}

@@ -238,23 +238,19 @@ class OpaqueTriangleMethod(SplatMethod):
             return 4
         return 2 if step >= t.train_supersample_2x_from * self.steps else 1
 
-    def render_train(self, scene, view, step):
-        cfg = self.cfg
-
-        def render(camera):
-            return scene.render(camera, background=self.background, sh_degree=self.sh_degree_at(step),
-                                settings=cfg.raster, backend=cfg.backend)  # fmt: skip
-
-        return render_supersampled(render, view.camera, self.supersample_at(step))
-
-    def render(self, scene, camera):
+    def _render(self, scene, camera, sh_degree: int, supersample: int):
         cfg = self.cfg
 
         def render(cam):
-            return scene.render(cam, background=self.background, sh_degree=self.sh_degree, settings=cfg.raster,
-                                backend=cfg.backend)  # fmt: skip
+            return scene.render(cam, background=self.background, sh_degree=sh_degree, settings=cfg.raster, backend=cfg.backend)
 
-        return render_supersampled(render, camera, max(1, int(self.tcfg.render_supersample))).image
+        return render_supersampled(render, camera, supersample)
+
+    def render_train(self, scene, view, step):
+        return self._render(scene, view.camera, self.sh_degree_at(step), self.supersample_at(step))
+
+    def render(self, scene, camera):
+        return self._render(scene, camera, self.sh_degree, max(1, int(self.tcfg.render_supersample))).image
 
     def settings(self) -> TriangleSettings:
         return TriangleSettings(min_inradius=0.0, min_extent=0.0, min_cos=self.tcfg.min_cos,
